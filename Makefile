@@ -1,0 +1,47 @@
+# Two entry points: `make run` (the main job on the defaults) and `make test` (every test).
+# Both create .venv on first use. torch is pinned on the install line: left to choose, pip pulls a
+# multi-GB CUDA build; Colab and GPU machines bring their own torch and use settings.ini's range.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+TORCH  ?= torch==2.13.0
+PIP    := $(BIN)/python -m pip install -q --disable-pip-version-check
+
+.PHONY: run test test-nbs test-py export clean-nbs readme bench distclean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.run-installed: setup.py settings.ini | $(BIN)/python
+	$(PIP) "$(TORCH)" -e .
+	touch $@
+
+$(VENV)/.dev-installed: setup.py settings.ini | $(BIN)/python
+	$(PIP) "$(TORCH)" -e ".[dev]"
+	touch $@ $(VENV)/.run-installed
+
+run: $(VENV)/.run-installed
+	$(BIN)/gpt-finetune run $(ARGS)
+
+test: test-nbs test-py
+
+test-nbs: $(VENV)/.dev-installed
+	$(BIN)/nbdev_test --n_workers 2 --do_print
+
+test-py: $(VENV)/.dev-installed
+	$(BIN)/python -m pytest tests -q
+
+# After editing notebooks: strip notebook noise (and fix cell ids), then regenerate the package and README.
+export: $(VENV)/.dev-installed
+	$(BIN)/nbdev_clean
+	$(BIN)/nbdev_export
+	$(BIN)/python tools/readme.py
+
+readme: $(VENV)/.dev-installed
+	$(BIN)/python tools/readme.py
+
+bench: $(VENV)/.dev-installed
+	$(BIN)/python benchmarks/train_speed.py
+
+distclean:
+	rm -rf $(VENV) outputs
