@@ -40,7 +40,9 @@ export: $(VENV)/.dev-installed
 readme: $(VENV)/.dev-installed
 	$(BIN)/python tools/readme.py
 
+# Training speed: the seed recipe vs TRL vs gpt_finetune (several minutes); TRL is a benchmark-only dependency.
 bench: $(VENV)/.dev-installed
+	$(PIP) "$(TORCH)" -r benchmarks/requirements.txt
 	$(BIN)/python benchmarks/train_speed.py
 
 distclean:

@@ -11,51 +11,103 @@ from pathlib import Path
 
 from .data import (DataError, clean_records, default_data_path, load_pairs, split_records, split_too_long,
                                tokenize_records)
+from .formats import PROBLEM_CLASSES, check_loaded, load_records, problem_rows
+from .clean import CleanConfig, clean_dataset, find_leakage, length_stats, limit_length, plot_lengths, reason_table
+from .model import _prepare_tokenizer, resolve_model
 from .model import DEFAULT_MODEL, ModelError, add_lora, load_model, quiet_progress_bars
 from .train import TrainConfig, finetune, option, plot_losses
-from .evaluation import comparison_table, evaluate_model
+from .scale import SweepGrid, plot_sweep, process_state, resume_point, sweep, sweep_runs, sweep_table
+from .evaluation import comparison_table, evaluate_model, references_of
+from .compare import comparison_markdown, compare_models, overfitting_report, sample_table, write_report
 from .deploy import answer, load_for_inference, save_model
+from .serve import serve
 
 # %% auto #0
-__all__ = ['RunConfig', 'load_data', 'tokenize_splits', 'write_jsonl', 'run_job', 'build_parser', 'main']
+__all__ = ['PREPARE_OPTIONS', 'SWEPT', 'RunConfig', 'load_data', 'tokenize_splits', 'write_jsonl', 'write_data_report', 'run_job',
+           'prepare_job', 'data_report_text', 'EvalConfig', 'load_eval_records', 'evaluate_job', 'build_parser', 'main']
 
 # %% ../nbs/05_cli.ipynb #f243d154
 @dataclass
 class RunConfig(TrainConfig):
     "Everything the main job needs; the defaults fine-tune SmolLM2 on the bundled chatterbot sample."
-    data: str | None = option(None, "JSON file of {input, output} records (default: the bundled chatterbot sample)")
+    data: str | None = option(None, "data: JSON/JSONL/CSV/TSV of pairs, alpaca, chat messages or prompt/completion, or a saved dataset folder (default: the bundled chatterbot sample)")
+    valid_data: str | None = option(None, "a separate validation file (default: split off --data)")
+    test_data: str | None = option(None, "a separate test file (default: split off --data)")
+    fields: str | None = option(None, "rename fields before reading, e.g. question=input,answer=output")
+    strict: bool = option(False, "stop on any invalid record instead of dropping and reporting it")
+    near_dup: float = option(0.8, "MinHash similarity at or above which records are near duplicates (0: off)")
+    conflicts: str = option("keep", "same input, different outputs: keep (report only), first or drop")
+    min_output_chars: int = option(1, "answers shorter than this are dropped as too short")
+    too_long: str = option("drop", "records over --max-length tokens: drop, truncate or error")
+    leakage: str = option("remove", "validation/test records that repeat training records: remove or keep")
     model: str | None = option(None, f"Hugging Face id, local folder or .gguf file (default: {DEFAULT_MODEL})")
     output_dir: str = option("outputs/run", "where model/, metrics.json, loss.png and the reports go")
     valid_frac: float = option(0.1, "share of records held out for validation during training")
     test_frac: float = option(0.1, "share of records held out for the before/after test")
-    max_length: int = option(512, "longest example in tokens; longer ones are dropped and reported")
+    max_length: int = option(512, "longest example in tokens; see --too-long")
     max_new_tokens: int = option(48, "longest generated answer during evaluation")
     eval_batch_size: int = option(16, "questions generated together during evaluation")
     system: str | None = option(None, "system prompt for chat models (default: the template's own)")
     lora: bool = option(False, "train LoRA adapters instead of all weights (merged when saved)")
     lora_r: int = option(8, "LoRA rank")
 
-# %% ../nbs/05_cli.ipynb #f8936654
-def load_data(cfg: RunConfig) -> tuple[dict, list[dict], dict]:
-    "Load, clean and split the data; returns `(splits, dropped, summary)`."
-    path = Path(cfg.data) if cfg.data else default_data_path()
-    records = load_pairs(path)
-    kept, dropped = clean_records(records)
-    if len(kept) < 3: raise DataError(f"{path}: only {len(kept)} usable records after cleaning; need at least 3")
-    return split_records(kept, cfg.valid_frac, cfg.test_frac, cfg.seed), dropped, {"source": str(path), "records": len(records)}
+# %% ../nbs/05_cli.ipynb #b783bbab
+def _field_map(spec: str | None) -> dict | None:
+    if not spec: return None
+    pairs = [p.split("=", 1) for p in spec.split(",")]
+    if any(len(p) != 2 or not all(x.strip() for x in p) for p in pairs):
+        raise DataError(f"--fields must look like question=input,answer=output, not {spec!r}")
+    return {a.strip(): b.strip() for a, b in pairs}
 
-# %% ../nbs/05_cli.ipynb #65ac90d7
+# %% ../nbs/05_cli.ipynb #06e0d8c2
+_SPLIT_NAMES = {"validation": "validation", "valid": "validation", "dev": "validation", "eval": "validation", "test": "test"}
+
+def _assign_splits(cfg: RunConfig, kept: list[dict]) -> dict[str, list[dict]]:
+    "Records that bring a split (a separate file, a DatasetDict) keep it; the rest are split with the seed."
+    own = {}
+    for r in kept:
+        if r.get("split"): own.setdefault(_SPLIT_NAMES.get(str(r["split"]).lower(), "train"), []).append(r)
+    rest = [r for r in kept if not r.get("split")]
+    splits = split_records(rest, 0 if "validation" in own else cfg.valid_frac, 0 if "test" in own else cfg.test_frac, cfg.seed)
+    return {k: splits[k] + own.get(k, []) for k in ("train", "validation", "test")}
+
+# %% ../nbs/05_cli.ipynb #75a5a461
+def load_data(cfg: RunConfig) -> tuple[dict, list[dict], dict]:
+    "Load (any format), validate, clean, split and check leakage; returns `(splits, report rows, summary)`."
+    path = cfg.data or default_data_path()
+    files = {"train": path, "validation": cfg.valid_data, "test": cfg.test_data}
+    rows, groups, summary, problems = [], {}, {"source": str(path), "formats": {}, "records": 0, "invalid": 0}, []
+    for split, p in files.items():
+        if p is None: continue
+        loaded = check_loaded(load_records(p, _field_map(cfg.fields)), str(p), cfg.strict)
+        rows += problem_rows(loaded); problems += loaded.problems
+        summary["formats"][Path(p).name] = loaded.format
+        summary["records"] += loaded.n_read; summary["invalid"] += loaded.n_problems
+        for r in loaded.records: groups.setdefault(r.get("split") or (split if p != path else None), []).append(r if p == path else {**r, "split": split})
+    kept = []
+    for recs in groups.values():  # each split cleaned on its own, so cross-split repeats count as leakage
+        k, r = clean_dataset(recs, CleanConfig(cfg.near_dup, cfg.conflicts, cfg.min_output_chars)); kept += k; rows += r
+    if len(kept) < 3:
+        first = f" (first problem: {problems[0]})" if problems else ""
+        raise DataError(f"{path}: only {len(kept)} usable records after validation and cleaning; need at least 3{first}")
+    splits, leaks = find_leakage(_assign_splits(cfg, kept), cfg.near_dup, remove=cfg.leakage != "keep")
+    return splits, rows + leaks, summary
+
+# %% ../nbs/05_cli.ipynb #cfa2367f
 def tokenize_splits(cfg: RunConfig, splits: dict, dropped: list[dict], summary: dict, tokenizer) -> tuple[dict, dict, list[dict], dict]:
-    "Tokenize each split, dropping over-long examples; returns updated `(splits, datasets, dropped, summary)`."
+    "Tokenize each split and apply the too-long policy; returns updated `(splits, datasets, report rows, summary)`."
     splits, dropped, datasets, per_split = dict(splits), list(dropped), {}, {}
     for name, recs in splits.items():
-        ds, too_long = split_too_long(tokenize_records(recs, tokenizer, cfg.system), recs, cfg.max_length)
-        bad = {id(d["record"]) for d in too_long}
+        ds, rows = limit_length(tokenize_records(recs, tokenizer, cfg.system), recs, cfg.max_length, cfg.too_long)
+        bad = {id(d["record"]) for d in rows if d["action"] == "dropped"}
         splits[name] = [r for r in recs if id(r) not in bad]
-        datasets[name], per_split[name] = ds, len(too_long)
-        dropped += [{**d, "split": name} for d in too_long]
-    summary = {**summary, "kept": {k: len(v) for k, v in splits.items()},
-               "dropped": dict(Counter(d["reason"] for d in dropped)), "dropped_too_long_per_split": per_split}
+        datasets[name], per_split[name] = ds, len(bad)
+        dropped += [{**d, "split": name} for d in rows]
+    count = lambda action: dict(Counter(d["reason"] for d in dropped if d["action"] == action))
+    lengths = length_stats(datasets["train"])
+    summary = {**summary, "kept": {k: len(v) for k, v in splits.items()}, "dropped": count("dropped"), "changed": count("changed"),
+               "flagged": count("flagged"), "dropped_too_long_per_split": per_split, "train_lengths": lengths,
+               "estimated_training_tokens": int(lengths["tokens"] * cfg.epochs)}
     return splits, datasets, dropped, summary
 
 # %% ../nbs/05_cli.ipynb #1dd2dc92
@@ -64,6 +116,14 @@ def write_jsonl(path: Path, rows: list[dict]):
     with open(path, "w", encoding="utf-8") as f:
         for row in rows: f.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
 
+# %% ../nbs/05_cli.ipynb #5d7caeab
+def write_data_report(out: Path, rows: list[dict], datasets: dict, max_length: int | None = None):
+    "Write `dropped.jsonl`, `data_report.jsonl` and the length histogram `lengths.png` into `out`."
+    write_jsonl(out / "dropped.jsonl", [r for r in rows if r["action"] == "dropped"])
+    write_jsonl(out / "data_report.jsonl", rows)
+    lengths = [n for ds in datasets.values() for n in ds["length"]]
+    if lengths: plot_lengths(lengths, out / "lengths.png", max_length)
+
 # %% ../nbs/05_cli.ipynb #7ffb54e5
 def _answers(records: list[dict], base: list[dict], tuned: list[dict]) -> list[dict]:
     return [{"input": r["input"], "reference": r["output"], "base": b["text"], "finetuned": t["text"],
@@ -71,35 +131,149 @@ def _answers(records: list[dict], base: list[dict], tuned: list[dict]) -> list[d
 
 # %% ../nbs/05_cli.ipynb #45a08554
 def run_job(cfg: RunConfig, model=None, tokenizer=None) -> dict:
-    "Prepare data, evaluate the base model, fine-tune, evaluate again, save; returns the metrics."
+    "Prepare data, evaluate the base model, fine-tune, evaluate again, save; returns the metrics (`{}` on other processes than the main one)."
+    state = process_state()  # under torchrun/accelerate every process trains; the main one evaluates and writes
     splits, dropped, data = load_data(cfg)
     if model is None: model, tokenizer = load_model(cfg.model)
+    out = Path(cfg.output_dir)
+    if cfg.resume: resume_point(out / "checkpoints", model, cfg.lora_r if cfg.lora else 0)  # a bad checkpoint stops us before any write
     splits, dss, dropped, data = tokenize_splits(cfg, splits, dropped, data, tokenizer)
-    out = Path(cfg.output_dir); out.mkdir(parents=True, exist_ok=True)  # only once the data is known to be good
-    write_jsonl(out / "dropped.jsonl", dropped)
+    if state.is_main_process:  # only once the data is known to be good
+        out.mkdir(parents=True, exist_ok=True); write_data_report(out, dropped, dss, cfg.max_length)
     test, evaluate = splits["test"], dict(max_new_tokens=cfg.max_new_tokens, batch_size=cfg.eval_batch_size, system=cfg.system, progress=True)
-    print(f"data: {data['kept']} kept, dropped {data['dropped'] or 'none'}; evaluating the base model ...", file=sys.stderr)
-    base, base_answers = evaluate_model(model, tokenizer, test, **evaluate)
+    if state.is_main_process:
+        print(f"data: {data['kept']} kept, dropped {data['dropped'] or 'none'}; evaluating the base model ...", file=sys.stderr)
+        base, base_answers = evaluate_model(model, tokenizer, test, **evaluate)
     if cfg.lora: model = add_lora(model, r=cfg.lora_r)
     train_cfg = TrainConfig(**{f.name: getattr(cfg, f.name) for f in fields(TrainConfig)})
     train_cfg.output_dir = str(out / "checkpoints")
     stats = finetune(model, tokenizer, dss["train"], dss["validation"] if len(dss["validation"]) else None, train_cfg)
-    plot_losses(stats.pop("history"), out / "loss.png")
+    if not state.is_main_process: return {}
+    history = stats.pop("history")
+    plot_losses(history, out / "loss.png")
+    stats["overfitting"] = overfitting_report(history)
     tuned, tuned_answers = evaluate_model(model, tokenizer, test, **evaluate)
-    metrics = {"base": base, "finetuned": tuned, "data": data, "train": stats}
+    comparison = compare_models(test, base_answers, tuned_answers, seed=cfg.seed)  # milliseconds: no generation is re-run
+    metrics = {"base": base, "finetuned": tuned, "data": data, "train": stats, "comparison": comparison}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     write_jsonl(out / "answers.jsonl", _answers(test, base_answers, tuned_answers))
+    write_report(out, metrics, sample_table(test, base_answers, tuned_answers), history,
+                 models={"base": cfg.model or DEFAULT_MODEL, "finetuned": str(out / "model")}, title="Fine-tuning report")
     save_model(model, tokenizer, out / "model", base_model=cfg.model or DEFAULT_MODEL, metrics=metrics, config=dataclasses.asdict(cfg))
     return metrics
 
+# %% ../nbs/05_cli.ipynb #03d67d31
+def _load_tokenizer(name: str | None):
+    from transformers import AutoTokenizer
+    path = resolve_model(name)
+    if path.endswith(".gguf"): return load_model(name)[1]
+    try: return _prepare_tokenizer(AutoTokenizer.from_pretrained(path))
+    except (OSError, ValueError) as e: raise ModelError(f"{name}: cannot load a tokenizer ({str(e).strip().splitlines()[0]})") from None
+
+# %% ../nbs/05_cli.ipynb #f5a2aaba
+def prepare_job(cfg: RunConfig, tokenizer=None) -> tuple[dict, list[dict]]:
+    "Validate, clean, split and tokenize the data without training; write the report; returns `(summary, rows)`."
+    splits, rows, data = load_data(cfg)
+    tokenizer = tokenizer or _load_tokenizer(cfg.model)
+    splits, dss, rows, data = tokenize_splits(cfg, splits, rows, data, tokenizer)
+    out = Path(cfg.output_dir); out.mkdir(parents=True, exist_ok=True)
+    write_data_report(out, rows, dss, cfg.max_length)
+    (out / "data_report.json").write_text(json.dumps(data, indent=2))
+    return data, rows
+
+# %% ../nbs/05_cli.ipynb #3b1c15b4
+def data_report_text(data: dict, rows: list[dict], out: str, max_problems: int = 20) -> str:
+    "The data report a person reads: formats, problems, reasons, duplicates, leakage, lengths, tokens."
+    n = lambda reason: sum(1 for r in rows if r["reason"] == reason)
+    bad = [r for r in rows if r["reason"] in PROBLEM_CLASSES]
+    lines = [f"formats: " + ", ".join(f"{f}: {fmt}" for f, fmt in data["formats"].items()) + f" ({data['records']:,} records read)"]
+    lines += [f"invalid: {data['invalid']:,} records dropped"] + [f"  {r['source']}: {r['message']} [{r['reason']}]" for r in bad[:max_problems]]
+    lines += [reason_table(rows), f"duplicates: {n('duplicate'):,} exact, {n('normalized_duplicate'):,} normalized, "
+              f"{n('near_duplicate'):,} near; {n('conflict'):,} records with conflicting answers", f"leakage: {n('leakage'):,} validation/test records repeat training records"]
+    L = data["train_lengths"]
+    lines += [f"kept: " + ", ".join(f"{k} {v:,}" for k, v in data["kept"].items()),
+              f"train lengths (tokens): mean {L['mean']}, median {L['p50']}, p90 {L['p90']}, max {L['max']}; histogram: {out}/lengths.png",
+              f"estimated training tokens: {data['estimated_training_tokens']:,} ({L['tokens']:,} per epoch, {L['answer_tokens']:,} of them answer tokens)",
+              f"report: {out}/data_report.jsonl"]
+    return "\n".join(lines)
+
+# %% ../nbs/05_cli.ipynb #719958af
+@dataclass
+class EvalConfig:
+    "What `gpt-finetune evaluate` needs: a model, a test file and, to compare against, a baseline."
+    model: str | None = option(None, "the model to evaluate: a folder (e.g. outputs/run/model), .gguf file or hub id (required)")
+    data: str | None = option(None, "JSON array of {input, output} records, each optionally with an `accept` list (required)")
+    baseline: str | None = option(None, "a model to compare against: folder, .gguf file, hub id, or 'default' (SmolLM2)")
+    output_dir: str = option("outputs/eval", "where metrics.json, answers.jsonl, report.md and the plots go")
+    max_new_tokens: int = option(48, "longest generated answer")
+    eval_batch_size: int = option(16, "questions generated together")
+    system: str | None = option(None, "system prompt for chat models (default: the template's own)")
+    full_text: bool = option(False, "also report the perplexity of prompt + answer")
+    n_resamples: int = option(1000, "bootstrap resamples for the confidence intervals")
+    seed: int = option(42, "seed of the bootstrap resampling")
+
+# %% ../nbs/05_cli.ipynb #3a4a64d6
+def load_eval_records(path: str | Path) -> tuple[list[dict], dict]:
+    "Read and check an evaluation file; returns `(records, counts)`."
+    records = load_pairs(path)  # a record without "output" (its reference) stops here, with file, line and record
+    if not records: raise DataError(f"{path}: no records to evaluate")
+    for r in records: references_of(r)  # a malformed `accept` list stops here
+    return records, {"source": str(path), "records": len(records), "with_accept": sum(bool(r.get("accept")) for r in records),
+                     "empty_reference": sum(not r["output"].strip() for r in records)}
+
+# %% ../nbs/05_cli.ipynb #72346aac
+def evaluate_job(cfg: EvalConfig, model=None, tokenizer=None, baseline: tuple | None = None) -> dict:
+    "Evaluate a model (and a baseline) on a test file; writes metrics.json, answers.jsonl and report.md; returns the metrics."
+    records, data = load_eval_records(cfg.data)
+    if model is None: model, tokenizer = load_model(cfg.model)
+    if baseline is None and cfg.baseline: baseline = load_model(cfg.baseline)
+    opts = dict(max_new_tokens=cfg.max_new_tokens, batch_size=cfg.eval_batch_size, system=cfg.system, progress=True, full_text=cfg.full_text)
+    tuned, tuned_answers = evaluate_model(model, tokenizer, records, **opts)
+    metrics, samples, base_answers = {"finetuned": tuned, "data": data}, None, [{}] * len(records)
+    if baseline is not None:
+        base, base_answers = evaluate_model(*baseline, records, **opts)
+        comparison = compare_models(records, base_answers, tuned_answers, n_resamples=cfg.n_resamples, seed=cfg.seed)
+        metrics, samples = {"base": base, "finetuned": tuned, "data": data, "comparison": comparison}, sample_table(records, base_answers, tuned_answers)
+    out = Path(cfg.output_dir); out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    write_jsonl(out / "answers.jsonl", [{"source": r.get("source"), "input": r["input"], "references": references_of(r), "finetuned": t["text"],
+                                         "finetuned_scores": t["scores"], **({"base": b["text"], "base_scores": b["scores"]} if b else {})}
+                                        for r, b, t in zip(records, base_answers, tuned_answers)])
+    write_report(out, metrics, samples, models={"base": cfg.baseline, "finetuned": cfg.model} if baseline is not None else {"model": cfg.model})
+    return metrics
+
 # %% ../nbs/05_cli.ipynb #057a906c
-def _add_options(parser: argparse.ArgumentParser, cls):
+def _add_options(parser: argparse.ArgumentParser, cls, only: tuple | None = None):
     for f in fields(cls):
+        if only and f.name not in only: continue
         name, hint = "--" + f.name.replace("_", "-"), f.metadata.get("help", "")
         if f.type in ("bool", bool): parser.add_argument(name, action=argparse.BooleanOptionalAction, default=f.default, help=hint)
         else:
             kind = {"int": int, "float": float}.get(str(f.type), str)
             parser.add_argument(name, type=kind, default=f.default, help=f"{hint} (default: {f.default})")
+
+# %% ../nbs/05_cli.ipynb #35970cf6
+PREPARE_OPTIONS = ("data", "valid_data", "test_data", "fields", "strict", "near_dup", "conflicts", "min_output_chars", "too_long",
+                   "leakage", "model", "output_dir", "valid_frac", "test_frac", "max_length", "system", "seed", "epochs")
+
+# %% ../nbs/05_cli.ipynb #68b846db
+def _add_serve_parser(sub):
+    srv = sub.add_parser("serve", help="serve a saved model with an OpenAI-compatible HTTP API")
+    srv.add_argument("--model", required=True, help="a model folder, e.g. outputs/run/model")
+    srv.add_argument("--host", default="127.0.0.1", help="address to bind; 0.0.0.0 exposes the server to the network (default: 127.0.0.1)")
+    srv.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    srv.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1 requests")
+    srv.add_argument("--max-tokens-cap", type=int, default=512, help="the most new tokens one request may ask for (default: 512)")
+    srv.add_argument("--name", default=None, help="the model id clients send (default: the folder's name)")
+
+# %% ../nbs/05_cli.ipynb #6af2f1e5
+SWEPT = ("learning_rate", "epochs", "lora", "lora_r", "resume", "max_new_tokens", "eval_batch_size")  # set per run, or unused by a sweep
+
+def _add_sweep_parser(sub):
+    sw = sub.add_parser("sweep", help="fine-tune with several learning rates, epochs and LoRA ranks; rank the runs by validation loss")
+    _add_options(sw, RunConfig, tuple(f.name for f in fields(RunConfig) if f.name not in SWEPT))
+    _add_options(sw, SweepGrid)
+    sw.set_defaults(output_dir="outputs/sweep")
 
 # %% ../nbs/05_cli.ipynb #c2dabafd
 def build_parser() -> argparse.ArgumentParser:
@@ -108,20 +282,35 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="the main job: evaluate the base model, fine-tune, evaluate, save")
     _add_options(run, RunConfig)
+    prep = sub.add_parser("prepare", help="validate, clean, split and tokenize the data; print and write the data report")
+    _add_options(prep, RunConfig, PREPARE_OPTIONS)
     gen = sub.add_parser("generate", help="answer a question with a saved model")
     gen.add_argument("--model", required=True, help="a model folder, e.g. outputs/run/model")
     gen.add_argument("--max-new-tokens", type=int, default=None, help="longest answer (default: the model's generation config)")
     gen.add_argument("question", nargs="+", help="the question")
+    _add_serve_parser(sub)
+    _add_sweep_parser(sub)
+    ev = sub.add_parser("evaluate", help="score a model on a test file, optionally against a baseline, and write a report")
+    _add_options(ev, EvalConfig)
+    for action in ev._actions: action.required = action.required or action.dest in ("model", "data")
     return p
 
 # %% ../nbs/05_cli.ipynb #def3863f
 def _run(args) -> int:
     cfg = RunConfig(**{f.name: getattr(args, f.name) for f in fields(RunConfig)})
     metrics = run_job(cfg)
+    if not metrics: return 0  # not the main process: it trained, the main process reports
     print(comparison_table(metrics["base"], metrics["finetuned"]))
     t = metrics["train"]
     print(f"trained {t['train_tokens']:,} tokens in {t['runtime_s']:.0f} s ({t['tokens_per_s']:.0f} tokens/s); outputs in {cfg.output_dir}/")
     return 0
+
+# %% ../nbs/05_cli.ipynb #7c0fbb9a
+def _prepare(args) -> int:
+    cfg = RunConfig(**{f: getattr(args, f) for f in PREPARE_OPTIONS})
+    data, rows = prepare_job(cfg)
+    print(data_report_text(data, rows, cfg.output_dir))
+    return 1 if data["invalid"] else 0
 
 # %% ../nbs/05_cli.ipynb #2ea47701
 def _generate(args) -> int:
@@ -129,12 +318,43 @@ def _generate(args) -> int:
     print(answer(model, tok, " ".join(args.question), max_new_tokens=args.max_new_tokens))
     return 0
 
+# %% ../nbs/05_cli.ipynb #5164e737
+def _evaluate(args) -> int:
+    cfg = EvalConfig(**{f.name: getattr(args, f.name) for f in fields(EvalConfig)})
+    metrics = evaluate_job(cfg)
+    if "comparison" in metrics: print(comparison_markdown(metrics["comparison"]))
+    else: print("\n".join(f"{k:<20}{v:>12.4g}" for k, v in metrics["finetuned"].items() if isinstance(v, (int, float))))
+    print(f"report: {cfg.output_dir}/report.md")
+    return 0
+
+# %% ../nbs/05_cli.ipynb #c5a5af0e
+def _serve(args) -> int:
+    serve(args.model, args.host, args.port, args.api_key, args.max_tokens_cap, args.name)
+    return 0
+
+# %% ../nbs/05_cli.ipynb #87786b1f
+def _sweep(args) -> int:
+    cfg = RunConfig(**{f.name: getattr(args, f.name) for f in fields(RunConfig) if f.name not in SWEPT})
+    splits, dropped, data = load_data(cfg)
+    model, tok = load_model(cfg.model)
+    splits, dss, dropped, data = tokenize_splits(cfg, splits, dropped, data, tok)
+    if not len(dss["validation"]): raise DataError(f"{data['source']}: no validation records to rank the runs by")
+    fresh = [model]  # the first run trains the model already loaded, later runs a new copy
+    runs = sweep_runs(SweepGrid(**{f.name: getattr(args, f.name) for f in fields(SweepGrid)}), cfg.seed)
+    results = sweep(lambda: fresh.pop() if fresh else load_model(cfg.model)[0], tok, dss["train"], dss["validation"],
+                    TrainConfig(**{f.name: getattr(cfg, f.name) for f in fields(TrainConfig)}), runs, cfg.output_dir)
+    out = Path(cfg.output_dir)
+    (out / "sweep.md").write_text(sweep_table(results) + "\n"); plot_sweep(results, out / "sweep.png")
+    print(sweep_table(results))
+    print(f"best: {results[0]['name']}; table {out}/sweep.md, plot {out}/sweep.png, one folder per run in {out}/")
+    return 0
+
 # %% ../nbs/05_cli.ipynb #dd771ad2
 def main(argv: list[str] | None = None) -> int:
     "Entry point of the `gpt-finetune` command."
     args = build_parser().parse_args(argv)
     quiet_progress_bars()
-    try: return {"run": _run, "generate": _generate}[args.command](args)
+    try: return {"run": _run, "prepare": _prepare, "generate": _generate, "evaluate": _evaluate, "serve": _serve, "sweep": _sweep}[args.command](args)
     except (DataError, ModelError) as e:
         print(f"gpt-finetune: error: {e}", file=sys.stderr)
         return 2

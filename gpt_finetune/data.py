@@ -15,7 +15,8 @@ from datasets import Dataset
 # %% auto #0
 __all__ = ['CHATML', 'PLAIN_TEMPLATE', 'DataError', 'load_pairs', 'clean_records', 'split_records', 'chatterbot_pairs',
            'sample_chatterbot', 'default_data_path', 'tiny_tokenizer', 'prompt_text', 'completion_text',
-           'stop_token_ids', 'tokenize_records', 'split_too_long', 'PackedCollator']
+           'stop_token_ids', 'turn_segments', 'tokenize_records', 'split_too_long', 'PackedCollator', 'PaddedCollator',
+           'length_grouped_batches']
 
 # %% ../nbs/00_data.ipynb #69bd799f
 class DataError(ValueError):
@@ -166,21 +167,98 @@ def stop_token_ids(tokenizer) -> list[int]:
     last = tokenizer(completion_text(tokenizer, "q", "a"), add_special_tokens=False).input_ids[-1]
     return list(dict.fromkeys([last, tokenizer.eos_token_id]))
 
-# %% ../nbs/00_data.ipynb #14d1eaa9
-def _tokenize_batch(batch: dict, tokenizer, system: str | None = None) -> dict:
-    prompts = [prompt_text(tokenizer, q, system) for q in batch["input"]]
-    comps = [completion_text(tokenizer, q, a, system) for q, a in zip(batch["input"], batch["output"])]
-    plain = tokenizer.chat_template is None  # the chat template writes its own BOS; a plain prompt lets the tokenizer add it
-    p_ids = tokenizer(prompts, add_special_tokens=plain).input_ids
-    c_ids = tokenizer(comps, add_special_tokens=False).input_ids
-    return {"input_ids": [p + c for p, c in zip(p_ids, c_ids)],
-            "labels": [[-100] * len(p) + c for p, c in zip(p_ids, c_ids)],
-            "length": [len(p) + len(c) for p, c in zip(p_ids, c_ids)]}
+# %% ../nbs/00_data.ipynb #2ffa7d49
+def _single_turn(rec: dict) -> bool:
+    m = rec.get("messages")
+    return m is None or ([x["role"] for x in m] == ["user", "assistant"] and m[0]["content"] == rec["input"] and m[1]["content"] == rec["output"])
 
-# %% ../nbs/00_data.ipynb #1d715279
+# %% ../nbs/00_data.ipynb #d3c18b3a
+def _plain_segments(tokenizer, msgs: list[dict]) -> list[tuple[str, bool]]:
+    segs = []
+    for m in msgs:
+        if m["role"] == "system": segs.append((m["content"] + "\n\n", False))
+        elif m["role"] == "user": segs.append((PLAIN_TEMPLATE.format(input=m["content"]), False))
+        else: segs.append((m["content"] + tokenizer.eos_token, True))
+    return segs
+
+# %% ../nbs/00_data.ipynb #003c6868
+def turn_segments(tokenizer, messages: list[dict], system: str | None = None) -> list[tuple[str, bool]]:
+    "The conversation as `(text, trained)` pieces: every assistant turn and its end token are trained."
+    msgs = ([{"role": "system", "content": system}] if system and messages[0]["role"] != "system" else []) + list(messages)
+    if tokenizer.chat_template is None: return _plain_segments(tokenizer, msgs)
+    segs, done = [], ""
+    for k, m in enumerate(msgs):
+        if m["role"] != "assistant": continue
+        prompt = tokenizer.apply_chat_template(msgs[:k], tokenize=False, add_generation_prompt=True)
+        full = tokenizer.apply_chat_template(msgs[:k + 1], tokenize=False)
+        if not (prompt.startswith(done) and full.startswith(prompt)):
+            raise DataError("the chat template rewrites earlier turns; multi-turn records cannot be masked turn by turn")
+        rest = full[len(prompt):]
+        end = max((rest.find(t) + len(t) for t in (tokenizer.eos_token, "<|im_end|>", "<|eot_id|>", "<|end|>") if t and t in rest), default=-1)
+        answer = rest[:end] if end > 0 else rest.rstrip() + tokenizer.eos_token
+        segs += [(prompt[len(done):], False), (answer, True)]
+        done = prompt + answer
+    return segs
+
+# %% ../nbs/00_data.ipynb #c4b768fe
+def _tokenize_turns(tokenizer, messages: list[dict], system: str | None = None) -> tuple[list[int], list[int]]:
+    ids, labels, plain = [], [], tokenizer.chat_template is None
+    for n, (text, trained) in enumerate(turn_segments(tokenizer, messages, system)):
+        piece = tokenizer(text, add_special_tokens=plain and n == 0).input_ids
+        ids += piece; labels += piece if trained else [-100] * len(piece)
+    return ids, labels
+
+# %% ../nbs/00_data.ipynb #d2cd424d
+def _template_renderer(tokenizer, system: str | None = None):
+    "A fast `(question, answer) -> (prompt, completion)` by substitution, or None when the template is not verbatim."
+    Q, A = "\ue000Q\ue000", "\ue000A\ue000"  # private-use characters as placeholders
+    p, c = prompt_text(tokenizer, Q, system), completion_text(tokenizer, Q, A, system)
+    if p.count(Q) != 1 or Q in c or c.count(A) != 1: return None
+    render = lambda q, a: (p.replace(Q, q), c.replace(A, a))
+    for q, a in [("  Why?\n", "\tBecause. "), ("{{ x }} <|im_end|>", "%s {0} \\n")]:
+        if render(q, a) != (prompt_text(tokenizer, q, system), completion_text(tokenizer, q, a, system)): return None
+    return render
+
+# %% ../nbs/00_data.ipynb #8f186f79
+def _segment_tokenizer(tokenizer, system: str | None = None):
+    "A fast `(questions, answers) -> (prompt ids, completion ids)`, or None when it would not give the same ids."
+    render, backend = _template_renderer(tokenizer, system), getattr(tokenizer, "backend_tokenizer", None)
+    if render is None or backend is None: return None
+    Q, A, plain = "\ue000Q\ue000", "\ue000A\ue000", tokenizer.chat_template is None
+    (pre, mid), (a_pre, end) = (x.split(y) for x, y in zip(render(Q, A), (Q, A)))
+    enc = lambda texts: [e.ids for e in backend.encode_batch(texts, add_special_tokens=False)]
+    pre_ids, (mid_ids, a_ids, end_ids) = tokenizer(pre, add_special_tokens=plain).input_ids, enc([mid, a_pre, end])
+    run = lambda qs, ans: ([pre_ids + x + mid_ids for x in enc(qs)], [a_ids + y + end_ids for y in enc(ans)])
+    probes = [("Who wrote Hamlet?", "Shakespeare."), ("Hi 👋🏽 ok", "مرحبا\u200f!"), (" x\n", "\ty "), ("a\n\n", "1.")]
+    prompts = [render(q, a) for q, a in probes]
+    want = (tokenizer([p for p, _ in prompts], add_special_tokens=plain).input_ids, tokenizer([c for _, c in prompts], add_special_tokens=False).input_ids)
+    return run if run(*zip(*probes)) == want else None
+
+# %% ../nbs/00_data.ipynb #58c88f63
+def _tokenize_batch(batch: dict, tokenizer, system: str | None = None) -> dict:
+    turns = batch.get("messages") or [""] * len(batch["input"])
+    simple = [i for i, m in enumerate(turns) if not m]  # one question, one answer: the fast batched path
+    q, a = [batch["input"][i] for i in simple], [batch["output"][i] for i in simple]
+    fast = _segment_tokenizer(tokenizer, system) if len(q) > 8 else None
+    if fast: p_ids, c_ids = fast(q, a)
+    else:
+        prompts = [prompt_text(tokenizer, x, system) for x in q]
+        comps = [completion_text(tokenizer, x, y, system) for x, y in zip(q, a)]
+        plain = tokenizer.chat_template is None  # the chat template writes its own BOS; a plain prompt lets the tokenizer add it
+        p_ids = tokenizer(prompts, add_special_tokens=plain).input_ids if simple else []
+        c_ids = tokenizer(comps, add_special_tokens=False).input_ids if simple else []
+    rows = {i: (p + c, [-100] * len(p) + c) for i, p, c in zip(simple, p_ids, c_ids)}
+    for i, m in enumerate(turns):
+        if m: rows[i] = _tokenize_turns(tokenizer, json.loads(m), system)
+    ids, labels = zip(*(rows[i] for i in range(len(turns)))) if turns else ((), ())
+    return {"input_ids": list(ids), "labels": list(labels), "length": [len(x) for x in ids]}
+
+# %% ../nbs/00_data.ipynb #9c96b4fd
 def tokenize_records(records: list[dict], tokenizer, system: str | None = None) -> Dataset:
-    "A `Dataset` of `input_ids`, `labels` (prompt masked with -100) and `length`."
-    ds = Dataset.from_list([{"input": r["input"], "output": r["output"]} for r in records])
+    "A `Dataset` of `input_ids`, `labels` (-100 except on answers) and `length`; multi-turn records label every assistant turn."
+    rows = [{"input": r["input"], "output": r["output"], "messages": "" if _single_turn(r) else json.dumps(r["messages"])} for r in records]
+    if not rows: return Dataset.from_dict({"input_ids": [], "labels": [], "length": []})
+    ds = Dataset.from_list(rows)
     return ds.map(_tokenize_batch, batched=True, remove_columns=ds.column_names,
                   fn_kwargs={"tokenizer": tokenizer, "system": system})
 
@@ -203,3 +281,27 @@ class PackedCollator:
         for l in labels: l[0] = -100
         return {"input_ids": torch.cat(ids)[None], "labels": torch.cat(labels)[None],
                 "position_ids": torch.cat([torch.arange(len(x)) for x in ids])[None]}
+
+# %% ../nbs/00_data.ipynb #29e7c30e
+@dataclass
+class PaddedCollator:
+    "Pad a batch to its longest example, with labels -100 and attention mask 0 on the padding."
+    pad_token_id: int  # the tokenizer's pad token id
+    def __call__(self, features: list[dict]) -> dict:
+        n = max(len(f["input_ids"]) for f in features)
+        pad = lambda x, v: list(x) + [v] * (n - len(x))
+        return {"input_ids": torch.tensor([pad(f["input_ids"], self.pad_token_id) for f in features]),
+                "labels": torch.tensor([pad(f["labels"], -100) for f in features]),
+                "attention_mask": torch.tensor([pad([1] * len(f["input_ids"]), 0) for f in features])}
+
+# %% ../nbs/00_data.ipynb #535fe01c
+def length_grouped_batches(lengths: list[int], batch_size: int, seed: int = 0, window: int = 50) -> list[list[int]]:
+    "Batches of example indices with similar lengths: sort within shuffled windows of `window` batches, shuffle batches."
+    rng = random.Random(seed)
+    order = list(range(len(lengths))); rng.shuffle(order)
+    span, batches = batch_size * window, []
+    for s in range(0, len(order), span):
+        chunk = sorted(order[s:s + span], key=lambda i: lengths[i])
+        batches += [chunk[k:k + batch_size] for k in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    return batches

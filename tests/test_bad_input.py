@@ -12,8 +12,8 @@ CASES = {
     "truncated.json": ('[{"input": "a", "output": "b"},\n {"input": "c", "outp', ":2: not valid JSON"),
     "trailing_comma.json": ('[{"input": "a", "output": "b"},\n]', ":2: trailing comma"),
     "missing_field.json": ('[{"input": "a", "output": "b"},\n {"input": "c"}]', ':2: record 1: missing field "output"'),
-    "number.json": ('[\n{"input": "a", "output": 3}]', ':2: record 0: field "output" must be a string, found int'),
-    "null.json": ('[\n{"input": null, "output": "b"}]', ':2: record 0: field "input" must be a string, found NoneType'),
+    "number.json": ('[\n{"input": "a", "output": 3}]', ':2: record 0: field "output" must be a string, found number'),
+    "null.json": ('[\n{"input": null, "output": "b"}]', ':2: record 0: field "input" must be a string, found null'),
     "list_of_strings.json": ('["a", "b"]', ":1: record 0: expected an object"),
     "all_empty.json": ('[{"input": " ", "output": "b"}, {"input": "a", "output": ""}]', "only 0 usable records"),
 }
@@ -47,7 +47,7 @@ def test_latin1_file_is_one_line(tmp_path, capsys):
     path = tmp_path / "latin1.json"
     path.write_bytes('[{"input": "café", "output": "oui"}]'.encode("latin-1"))
     assert main(["run", "--data", str(path)]) == 2
-    assert capsys.readouterr().err.strip() == f"gpt-finetune: error: {path}: not UTF-8 text (byte 15)"
+    assert capsys.readouterr().err.strip() == f"gpt-finetune: error: {path}:1: not UTF-8 text (byte 15); save the file as UTF-8 [not_utf8]"
 
 
 def test_bad_model_is_one_line(tmp_path):

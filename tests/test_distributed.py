@@ -1,0 +1,64 @@
+"""Two CPU processes (gloo) through the real launchers: the loss curve of 2 x batch 4 equals 1 x batch 8, and
+`gpt-finetune run` under torchrun writes its outputs once, from rank 0."""
+import json, os, socket, subprocess, sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BIN = Path(sys.executable).parent
+SCRIPT = str(Path(__file__).parent / "tiny_train.py")
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # one thread per process: 2 processes on 2 cores
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0)); return s.getsockname()[1]
+
+
+def _run(cmd, timeout=300):
+    res = subprocess.run(list(map(str, cmd)), capture_output=True, text=True, timeout=timeout, env=ENV)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+    return res
+
+
+def _steps(path: Path) -> dict:
+    return {s["step"]: s["ids"] for s in map(json.loads, path.read_text().splitlines())}
+
+
+def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    args = ["--epochs", 1, "--save-every", 0]
+    _run([sys.executable, SCRIPT, "--out", one, "--batch-size", 8, *args])
+    # accelerate's multi-GPU mode on a CPU machine: two gloo processes (`--cpu --num_processes 2` would start one)
+    _run([BIN / "accelerate", "launch", "--multi_gpu", "--num_processes", 2, "--num_machines", 1, "--mixed_precision", "no",
+          "--dynamo_backend", "no", "--main_process_port", _free_port(), SCRIPT, "--out", two, "--batch-size", 4, *args])
+    a, b = (json.loads((d / "stats.json").read_text()) for d in (one, two))
+    assert a["steps"] == b["steps"] == 6
+    assert [s for s, _ in a["train"]] == [s for s, _ in b["train"]]
+    for (_, la), (_, lb) in zip(a["train"], b["train"]): assert la == pytest.approx(lb, abs=1e-4)
+    wa, wb = torch.load(one / "final.pt"), torch.load(two / "final.pt")
+    for k in wa: torch.testing.assert_close(wa[k], wb[k], atol=1e-5, rtol=1e-4)
+    # each step, the two ranks together trained on exactly the single process's batch
+    single, r0, r1 = _steps(one / "steps-rank0.jsonl"), _steps(two / "steps-rank0.jsonl"), _steps(two / "steps-rank1.jsonl")
+    assert all(len(r0[s]) == len(r1[s]) == 4 and sorted(r0[s] + r1[s]) == sorted(single[s]) for s in single)
+
+
+def test_cli_under_torchrun_writes_once_from_rank_0(tmp_path):
+    from gpt_finetune.model import tiny_model
+    model, tok = tiny_model("llama")
+    tiny_dir = tmp_path / "llama"; model.save_pretrained(tiny_dir); tok.save_pretrained(tiny_dir)
+    data, out = tmp_path / "pairs.json", tmp_path / "out"
+    data.write_text(json.dumps([{"input": f"What is {i} plus {i}?", "output": f"It is {2 * i}."} for i in range(40)]))
+    res = _run([BIN / "torchrun", "--nproc_per_node", 2, "--master_port", _free_port(), "--no-python", BIN / "gpt-finetune",
+                "run", "--data", data, "--model", tiny_dir, "--output-dir", out, "--epochs", 2, "--batch-size", 4,
+                "--learning-rate", 3e-3, "--eval-every", 2, "--save-every", 4, "--max-new-tokens", 4, "--precision", "fp32"])
+    assert res.stdout.count("outputs in") == 1  # one report, from rank 0
+    assert res.stderr.count("evaluating the base model") == 1
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["train"]["steps"] == 2 * -(-m["data"]["kept"]["train"] // 8)  # global batch 2 x 4
+    assert m["finetuned"]["eval_loss"] < m["base"]["eval_loss"]
+    assert len((out / "answers.jsonl").read_text().splitlines()) == m["data"]["kept"]["test"]
+    assert (out / "model" / "model.safetensors").exists() and (out / "loss.png").exists()
+    last = max((out / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    assert {p.name for p in last.glob("rng_state*")} == {"rng_state_0.pth", "rng_state_1.pth"}  # each rank's RNG, one copy of the rest

@@ -1,0 +1,110 @@
+"""`gpt-finetune evaluate` end to end through the real command, on tiny random models, and its bad inputs."""
+import json
+
+import pytest
+
+from conftest import run_cli
+from gpt_finetune.model import tiny_model
+
+QUIZ = [{"input": "What is 2 plus 2?", "output": "4", "accept": ["four", "It is 4."]},
+        {"input": "What is the capital of France?", "output": "Paris", "accept": ["Paris, France"]},
+        {"input": "Who wrote Hamlet?", "output": "William Shakespeare"},
+        {"input": "Say nothing.", "output": "..."}]  # no words to compare with: reported as unscored
+
+
+def _write(path, records):
+    path.write_text(json.dumps(records), encoding="utf-8")
+    return path
+
+
+def test_evaluate_against_baseline(tiny_dir, tmp_path):
+    out = tmp_path / "eval"
+    res = run_cli("evaluate", "--model", tiny_dir, "--data", _write(tmp_path / "quiz.json", QUIZ), "--baseline", tiny_dir,
+                  "--output-dir", out, "--max-new-tokens", 4, "--n-resamples", 200)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "| eval_loss |" in res.stdout and "report.md" in res.stdout
+    m = json.loads((out / "metrics.json").read_text())
+    assert set(m) == {"base", "finetuned", "data", "comparison"}
+    assert m["data"] == {"source": str(tmp_path / "quiz.json"), "records": 4, "with_accept": 2, "empty_reference": 0}
+    for side in ("base", "finetuned"):
+        for key in ("eval_loss", "perplexity", "exact_match", "token_f1", "rougeL", "bleu", "chrf", "stop_rate", "mean_answer_tokens"):
+            assert key in m[side], (side, key)
+        assert [(u["metric"], u["record"]) for u in m[side]["unscored"]] == [
+            (k, "quiz.json:1 record 3") for k in ("exact_match", "token_f1", "rougeL")]
+    # the same model on both sides: every difference is zero, and so is its interval
+    for key, row in m["comparison"].items():
+        assert row["diff"] == 0 and row["diff_ci"] == [0, 0] and row["verdict"] == "no clear difference", key
+    answers = [json.loads(l) for l in (out / "answers.jsonl").read_text().splitlines()]
+    assert answers[0]["references"] == ["4", "four", "It is 4."] and answers[3]["finetuned_scores"]["exact_match"] is None
+    report = (out / "report.md").read_text()
+    assert "## Base vs fine-tuned" in report and "## Records a metric could not score" in report
+    assert (out / "comparison.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_accept_list_counts_as_correct(tmp_path):
+    "The model's own answer, given only as an `accept` alternative, counts as an exact match."
+    from gpt_finetune.evaluation import generate_answers
+    from gpt_finetune.metrics import normalize_answer
+    from gpt_finetune.model import load_model
+    tiny_dir = tmp_path / "tiny-gpt2"  # the tiny random GPT-2 answers in words ("only only"); the tiny llama's tokens decode to nothing
+    model, tok = tiny_model("gpt2")
+    model.save_pretrained(tiny_dir); tok.save_pretrained(tiny_dir)
+    questions = ["What is 2 plus 2?", "What is 3 plus 3?", "What is 4 plus 4?"]
+    said = [a["text"] for a in generate_answers(*load_model(tiny_dir), questions, max_new_tokens=6)]
+    k = next(i for i, text in enumerate(said) if normalize_answer(text))  # an answer with words in it
+    data = _write(tmp_path / "accept.json", [{"input": q, "output": "nothing like this", **({"accept": [said[k]]} if i == k else {})}
+                                             for i, q in enumerate(questions)])
+    res = run_cli("evaluate", "--model", tiny_dir, "--data", data, "--output-dir", tmp_path / "out", "--max-new-tokens", 6)
+    assert res.returncode == 0, res.stderr[-3000:]
+    m = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert set(m) == {"finetuned", "data"}
+    answers = [json.loads(l) for l in (tmp_path / "out" / "answers.jsonl").read_text().splitlines()]
+    assert [a["finetuned"] for a in answers] == said
+    assert [a["finetuned_scores"]["exact_match"] for a in answers] == [float(i == k) for i in range(3)]  # right by its accept list only
+    assert m["finetuned"]["exact_match"] == 1 / 3
+    assert "## Metrics" in (tmp_path / "out" / "report.md").read_text()
+
+
+BAD_FILES = {
+    "no_reference.json": ('[{"input": "a", "output": "b"},\n {"input": "c"}]', ':2: record 1: missing field "output"'),
+    "empty.json": ("", "the file is empty"),
+    "no_records.json": ("[]", "no records to evaluate"),
+    "bad_accept.json": ('[{"input": "a", "output": "b", "accept": "c"}]', '"accept" must be a list of strings'),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_FILES))
+def test_bad_file_is_one_line(name, tmp_path):
+    content, expected = BAD_FILES[name]
+    path = tmp_path / name
+    path.write_text(content, encoding="utf-8")
+    res = run_cli("evaluate", "--model", tmp_path / "never-loaded", "--data", path, "--output-dir", tmp_path / "out")
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("gpt-finetune: error: ") and path.name in lines[0], res.stderr
+    assert expected in lines[0]
+    assert not (tmp_path / "out").exists()  # the file is checked before any model is loaded or anything written
+
+
+def _not_a_causal_lm(path):
+    from transformers import DistilBertConfig, DistilBertModel
+    from gpt_finetune.data import tiny_tokenizer
+    DistilBertModel(DistilBertConfig(vocab_size=1000, dim=32, hidden_dim=64, n_layers=1, n_heads=2)).save_pretrained(path)
+    tiny_tokenizer().save_pretrained(path)
+    return path
+
+
+@pytest.mark.parametrize("kind", ["encoder", "no_model"])
+def test_not_a_causal_lm_is_one_line(kind, tmp_path):
+    model = _not_a_causal_lm(tmp_path / "bert") if kind == "encoder" else tmp_path / "empty-folder"
+    model.mkdir(exist_ok=True)
+    data = _write(tmp_path / "quiz.json", QUIZ)
+    res = run_cli("evaluate", "--model", model, "--data", data, "--output-dir", tmp_path / "out")
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"gpt-finetune: error: {model}: cannot load a causal language model"), res.stderr
+
+
+def test_model_and_data_are_required(tmp_path):
+    res = run_cli("evaluate", "--data", tmp_path / "x.json")
+    assert res.returncode == 2 and "the following arguments are required: --model" in res.stderr
