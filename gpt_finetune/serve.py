@@ -124,7 +124,7 @@ def _by_sampling(jobs: list[Job]) -> list[list[Job]]:
 # %% ../nbs/04a_serve.ipynb #ddae92af
 class BatchWorker:
     "A thread that owns the model: it gathers queued jobs for a few milliseconds and runs them as one batch."
-    def __init__(self, model, tokenizer, window_ms: float = 5, max_batch: int = 16):
+    def __init__(self, model, tokenizer, window_ms: float = 50, max_batch: int = 16):
         self.model, self.tokenizer, self.window, self.max_batch = model, tokenizer, window_ms / 1000, max_batch
         self.stops, self.queue, self.stopping = stop_token_ids(tokenizer), queue.Queue(), threading.Event()
         self.batch_sizes = []  # one entry per generate call, to see the batching at work
@@ -346,7 +346,7 @@ def create_app(model, tokenizer, name: str = "model", # the model id clients sen
                api_key: str | None = None, # when set, /v1 requests need "Authorization: Bearer <api_key>"
                max_tokens_cap: int = 512, # the most new tokens one request may ask for
                max_body_bytes: int = 1_000_000, # larger request bodies get 413
-               batch_window_ms: float = 5, # how long the worker waits to gather requests into a batch
+               batch_window_ms: float = 50, # how long the worker waits to gather requests into a batch
                max_batch: int = 16) -> FastAPI:
     "An OpenAI-compatible FastAPI app serving `model`; its batch worker runs while the app does."
     worker = BatchWorker(model.eval(), tokenizer, batch_window_ms, max_batch)
