@@ -12,7 +12,7 @@ from transformers import GenerationConfig, TextIteratorStreamer
 
 from .data import PLAIN_TEMPLATE, stop_token_ids
 from .model import ModelError, load_model
-from .evaluation import COMPARE_KEYS, generate_answers
+from .evaluation import COMPARE_KEYS, generate_answers, generate_texts
 
 # %% auto #0
 __all__ = ['generation_config_for', 'model_card', 'save_model', 'HubError', 'push_to_hub', 'load_for_inference', 'answer',
@@ -167,32 +167,17 @@ def _left_pad(rows: list[list[int]], pad_id: int, device) -> dict:
     mask = [[0] * (width - len(r)) + [1] * len(r) for r in rows]
     return {"input_ids": torch.tensor(ids, device=device), "attention_mask": torch.tensor(mask, device=device)}
 
-# %% ../nbs/04_deploy.ipynb #5f4d99d4
-def _finish(tokenizer, row: list[int], stops: list[int]) -> dict:
-    end = next((k for k, t in enumerate(row) if t in stops), None)
-    kept = row if end is None else row[:end]
-    return {"text": tokenizer.decode(kept, skip_special_tokens=True), "completion_tokens": len(kept),
-            "finish_reason": "length" if end is None else "stop"}
-
 # %% ../nbs/04_deploy.ipynb #be29adcd
-@torch.no_grad()
 def generate(model, tokenizer, prompts: list[str], # rendered prompts (see `chat_prompt`), or any raw text
              max_new_tokens: int | None = None, # default: the model's generation config
              temperature: float = 0.0, top_p: float = 1.0,
              batch_size: int = 16, # prompts generated together
             ) -> list[dict]:
     "Continue each prompt; dicts with `text`, `finish_reason` ('stop'/'length'), `prompt_tokens`, `completion_tokens`."
-    limit, stops = max_new_tokens or model.generation_config.max_new_tokens or 128, stop_token_ids(tokenizer)
-    rows, results = _encode(tokenizer, prompts), []
-    model.eval()  # dropout off, or even greedy answers change from call to call
-    for i in range(0, len(rows), batch_size):
-        batch = _left_pad(rows[i:i + batch_size], tokenizer.pad_token_id, model.device)
-        out = model.generate(**batch, max_new_tokens=limit, eos_token_id=stops, pad_token_id=tokenizer.pad_token_id,
-                             **sampling_args(temperature, top_p))
-        width = batch["input_ids"].shape[1]
-        results += [{**_finish(tokenizer, row, stops), "prompt_tokens": len(r)}
-                    for row, r in zip(out[:, width:].tolist(), rows[i:i + batch_size])]
-    return results
+    limit = max_new_tokens or model.generation_config.max_new_tokens or 128
+    outs = generate_texts(model, tokenizer, prompts, limit, batch_size, **sampling_args(temperature, top_p))
+    return [{"text": o["text"], "finish_reason": "stop" if o["stopped"] else "length",
+             "prompt_tokens": o["prompt_tokens"], "completion_tokens": o["tokens"]} for o in outs]
 
 # %% ../nbs/04_deploy.ipynb #10b7f28a
 def stream(model, tokenizer, prompt: str, max_new_tokens: int | None = None, temperature: float = 0.0, top_p: float = 1.0):

@@ -17,8 +17,8 @@ from .data import DataError, PackedCollator, prompt_text, stop_token_ids, tokeni
 from .train import safe_exp
 
 # %% auto #0
-__all__ = ['METRICS', 'COMPARE_KEYS', 'load_metric', 'record_losses', 'answer_perplexity', 'generate_answers', 'references_of',
-           'score_answers', 'evaluate_model', 'comparison_table']
+__all__ = ['METRICS', 'COMPARE_KEYS', 'load_metric', 'record_losses', 'answer_perplexity', 'generate_texts', 'generate_answers',
+           'references_of', 'score_answers', 'evaluate_model', 'comparison_table']
 
 # %% ../nbs/03_evaluate.ipynb #c6da430f
 METRICS = ("exact_match", "token_f1", "rouge_l", "sacrebleu")
@@ -76,28 +76,37 @@ def answer_perplexity(model, tokenizer, records: list[dict], batch_size: int = 1
 
 # %% ../nbs/03_evaluate.ipynb #24d5ce93
 @torch.no_grad()
-def generate_answers(model, tokenizer, questions: list[str], max_new_tokens: int = 64, batch_size: int = 16,
-                     system: str | None = None, progress: bool = False, **gen_kwargs) -> list[dict]:
-    "Answer each question; returns dicts with `text`, `stopped` (ended with the end token) and `tokens`."
+def generate_texts(model, tokenizer, prompts: list[str], # rendered prompts, ending where the answer starts
+                   max_new_tokens: int = 64, batch_size: int = 16, progress: bool = False,
+                   **gen_kwargs, # e.g. sampling settings; greedy unless they say otherwise
+                  ) -> list[dict]:
+    "Continue prompts in length-sorted, left-padded batches; dicts with `text`, `stopped`, `tokens`, `prompt_tokens`."
     stops = stop_token_ids(tokenizer)
-    order = sorted(range(len(questions)), key=lambda i: len(questions[i]))
-    results, side = [None] * len(questions), tokenizer.padding_side
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    results, side = [None] * len(prompts), tokenizer.padding_side
     tokenizer.padding_side = "left"
-    model.eval()
+    model.eval()  # dropout off, or even greedy answers change from call to call
     try:
         for start in tqdm(range(0, len(order), batch_size), desc="generating", disable=not progress):
             idx = order[start:start + batch_size]
-            prompts = [prompt_text(tokenizer, questions[i], system) for i in idx]
-            enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=tokenizer.chat_template is None).to(model.device)
-            out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=stops,
-                                 pad_token_id=tokenizer.pad_token_id, **gen_kwargs)
-            for i, row in zip(idx, out[:, enc.input_ids.shape[1]:].tolist()):
+            enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True,
+                            add_special_tokens=tokenizer.chat_template is None).to(model.device)
+            out = model.generate(**enc, max_new_tokens=max_new_tokens, eos_token_id=stops,
+                                 pad_token_id=tokenizer.pad_token_id, **{"do_sample": False, **gen_kwargs})
+            for i, row, n in zip(idx, out[:, enc.input_ids.shape[1]:].tolist(), enc.attention_mask.sum(1).tolist()):
                 end = next((k for k, t in enumerate(row) if t in stops), None)
                 answer = row[:end] if end is not None else row
-                results[i] = {"text": tokenizer.decode(answer, skip_special_tokens=True).strip(),
-                              "stopped": end is not None, "tokens": len(answer)}
+                results[i] = {"text": tokenizer.decode(answer, skip_special_tokens=True), "stopped": end is not None,
+                              "tokens": len(answer), "prompt_tokens": n}
     finally: tokenizer.padding_side = side
     return results
+
+# %% ../nbs/03_evaluate.ipynb #9a8b7c6d
+def generate_answers(model, tokenizer, questions: list[str], max_new_tokens: int = 64, batch_size: int = 16,
+                     system: str | None = None, progress: bool = False, **gen_kwargs) -> list[dict]:
+    "Answer each question; returns dicts with `text`, `stopped` (ended with the end token) and `tokens`."
+    prompts = [prompt_text(tokenizer, q, system) for q in questions]
+    return [{**r, "text": r["text"].strip()} for r in generate_texts(model, tokenizer, prompts, max_new_tokens, batch_size, progress, **gen_kwargs)]
 
 # %% ../nbs/03_evaluate.ipynb #ba3c4926
 def references_of(record: dict) -> list[str]:
