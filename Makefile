@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 PIP    := $(BIN)/python -m pip install -q --disable-pip-version-check
 
-.PHONY: run test test-nbs test-py export clean-nbs readme bench distclean
+.PHONY: run test test-nbs test-py notebooks export clean-nbs readme bench distclean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,12 @@ test-nbs: $(VENV)/.dev-installed
 
 test-py: $(VENV)/.dev-installed
 	$(BIN)/python -m pytest tests -q
+
+# Execute the notebooks (slow real-model cells included, GPU-only cells kept as they are) and save their outputs,
+# so readers see real results; then README.md follows index.ipynb. One notebook: make notebooks NB="nbs/00_data.ipynb"
+notebooks: $(VENV)/.dev-installed
+	$(BIN)/python tools/run_notebooks.py $(NB)
+	$(BIN)/python tools/readme.py
 
 # After editing notebooks: strip notebook noise (and fix cell ids), then regenerate the package and README.
 export: $(VENV)/.dev-installed

@@ -23,10 +23,11 @@ class Timer(TrainerCallback):
 
 
 def _setup(model_name: str, n: int):
-    from gpt_finetune.data import default_data_path, load_pairs, tokenize_records
+    from gpt_finetune.data import default_data_path, tokenize_records
+    from gpt_finetune.formats import load_records
     from gpt_finetune.model import load_model, tiny_model
     model, tok = tiny_model("llama") if model_name == "tiny" else load_model(None)
-    return model, tok, tokenize_records(load_pairs(default_data_path())[:n], tok)
+    return model, tok, tokenize_records(load_records(default_data_path()).records[:n], tok)
 
 
 def checkpoint(a):

@@ -17,8 +17,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 def questions(n: int) -> list[str]:
     "The first `n` test questions of the main job's split of the bundled data."
-    from gpt_finetune.data import clean_records, default_data_path, load_pairs, split_records
-    kept, _ = clean_records(load_pairs(default_data_path()))
+    from gpt_finetune.clean import clean_dataset
+    from gpt_finetune.data import default_data_path, split_records
+    from gpt_finetune.formats import load_records
+    kept, _ = clean_dataset(load_records(default_data_path()).records)
     recs = split_records(kept, 0.1, 0.1, 42)["test"]
     return [r["input"] for r in (recs * (n // len(recs) + 1))[:n]]
 
@@ -40,21 +42,22 @@ def run_pipeline(model, tok, qs: list[str], max_tokens: int) -> tuple[float, lis
     return time.perf_counter() - start, answers
 
 
-def run_server(model, tok, qs: list[str], max_tokens: int, clients: int) -> tuple[float, list[str], list[int]]:
-    "The server with `clients` concurrent openai clients; returns `(seconds, answers, batch sizes)`."
+def run_server(model, tok, qs: list[str], max_tokens: int, clients: int) -> tuple[float, list[str], tuple[int, int]]:
+    "The server with `clients` concurrent openai clients; returns `(seconds, answers, (batches, rows))`."
     import openai
-    from gpt_finetune.serve import BackgroundServer, create_app
-    app = create_app(model, tok, "default", max_tokens_cap=max_tokens)
+    from gpt_finetune.serve import BackgroundServer, ServeConfig, create_app
+    app = create_app(model, tok, ServeConfig(name="default", max_tokens_cap=max_tokens, max_batch=clients))
     with BackgroundServer(app) as srv:
         client = openai.OpenAI(base_url=srv.url + "/v1", api_key="none", max_retries=0, timeout=600)
         ask = lambda q: client.chat.completions.create(model="default", messages=[{"role": "user", "content": q}],
                                                        max_tokens=max_tokens).choices[0].message.content
         ask("Hello")  # warm-up
-        app.state.served.worker.batch_sizes.clear()
+        before = dict(app.state.served.worker.stats)
         start = time.perf_counter()
         with ThreadPoolExecutor(clients) as pool: answers = list(pool.map(ask, qs))
         seconds = time.perf_counter() - start
-    return seconds, answers, list(app.state.served.worker.batch_sizes)
+        stats = app.state.served.worker.stats
+    return seconds, answers, (stats["batches"] - before.get("batches", 0), stats["rows"] - before.get("rows", 0))
 
 
 def main():
@@ -77,7 +80,7 @@ def main():
     print("| setup | seconds | requests/s | generated tokens | tokens/s |\n|---|---|---|---|---|")
     for name, s, n in rows: print(f"| {name} | {s:.1f} | {len(qs) / s:.2f} | {n} | {n / s:.1f} |")
     same = sum(a.strip() == b.strip() for a, b in zip(base_answers, srv_answers))
-    print(f"\nspeed-up: {base_s / srv_s:.2f}x requests/s; server batches (requests per generate call): {batches}")
+    print(f"\nspeed-up: {base_s / srv_s:.2f}x requests/s; the server ran {batches[1]} requests in {batches[0]} batches")
     print(f"identical answers: {same}/{len(qs)} (batched left-padded vs single rows can differ in the last float bits)")
 
 

@@ -11,13 +11,13 @@ from pathlib import Path
 import numpy as np
 from sacrebleu.metrics import BLEU, CHRF
 
-from .evaluation import COMPARE_KEYS, references_of
+from .evaluation import references_of
+from .metrics import METRICS
 from .train import LossHistory
 
 # %% auto #0
-__all__ = ['STATISTIC', 'BETTER', 'BOUNDED', 'paired_bootstrap', 'mean_of', 'record_stats', 'compare_models',
-           'comparison_markdown', 'plot_comparison', 'sample_table', 'samples_markdown', 'overfitting_report',
-           'plot_overfitting', 'write_report']
+__all__ = ['paired_bootstrap', 'mean_of', 'statistic', 'record_stats', 'compare_models', 'metrics_table', 'plot_comparison',
+           'sample_table', 'samples_markdown', 'overfitting_report', 'plot_overfitting', 'write_report']
 
 # %% ../nbs/03a_compare.ipynb #cb1a026a
 def paired_bootstrap(base: np.ndarray, # per-record statistics of the base model, shape (records, k)
@@ -48,20 +48,23 @@ def _sacre_score(metric):
     return lambda stats: np.array([metric._compute_score_from_stats(list(row)).score / 100 for row in stats])
 
 # %% ../nbs/03a_compare.ipynb #e5806b29
-STATISTIC = {"eval_loss": mean_of, "perplexity": lambda s: np.exp(mean_of(s)), "bleu": _sacre_score(_SACRE["bleu"]),
-             "chrf": _sacre_score(_SACRE["chrf"])}  # every other metric is a mean of per-record values
-BETTER = {"eval_loss": "lower", "perplexity": "lower", "mean_answer_tokens": None}  # the rest: higher is better
+def statistic(key: str): # a metric of the registry, `METRICS`
+    "The function from summed per-record statistics (resamples, k) to metric `key`, following its `aggregate`."
+    kind = METRICS[key].aggregate
+    if kind == "corpus": return _sacre_score(_SACRE[key])
+    return (lambda s: np.exp(mean_of(s))) if kind == "exp_token_mean" else mean_of
 
 # %% ../nbs/03a_compare.ipynb #f5d0a764
-def record_stats(key: str, # a metric of `COMPARE_KEYS`
+def record_stats(key: str, # a metric of the registry, `METRICS`
                  records: list[dict], answers: list[dict]) -> np.ndarray:
-    "Per-record statistics whose column sums give metric `key` through `STATISTIC`."
+    "Per-record statistics whose column sums give metric `key` through `statistic(key)`."
     if key in ("eval_loss", "perplexity"): return np.array([[a["loss"], a["loss_tokens"]] for a in answers], float)
     if key in _SACRE:
         refs = [references_of(r) for r in records]
         streams = [[r[min(i, len(r) - 1)] for r in refs] for i in range(max(map(len, refs)))]
         return np.array(_SACRE[key]._extract_corpus_statistics([a["text"] for a in answers], streams), float)
-    value = {"stop_rate": lambda a: float(a["stopped"]), "mean_answer_tokens": lambda a: float(a["tokens"])}.get(key, lambda a: a["scores"][key])
+    value = {"stop_rate": lambda a: float(a["finish_reason"] == "stop"),
+             "mean_answer_tokens": lambda a: float(a["completion_tokens"])}.get(key, lambda a: a["scores"][key])
     return np.array([[0.0, 0.0] if value(a) is None else [value(a), 1.0] for a in answers])
 
 # %% ../nbs/03a_compare.ipynb #70fde01b
@@ -72,14 +75,15 @@ def _verdict(diff_ci: list[float], better: str | None) -> str:
     return "better" if (lo > 0) == (better == "higher") else "worse"
 
 # %% ../nbs/03a_compare.ipynb #7049aa74
-def compare_models(records: list[dict], base_answers: list[dict], tuned_answers: list[dict], keys: tuple = COMPARE_KEYS,
+def compare_models(records: list[dict], base_answers: list[dict], tuned_answers: list[dict],
+                   keys: tuple | None = None, # metrics of the registry; default: all of them
                    n_resamples: int = 1000, seed: int = 0) -> dict:
     "Per metric: base, fine-tuned, difference, paired-bootstrap 95 % intervals and a verdict."
     out = {}
-    for key in keys:
+    for key in keys or tuple(METRICS):
         row = paired_bootstrap(record_stats(key, records, base_answers), record_stats(key, records, tuned_answers),
-                               STATISTIC.get(key, mean_of), n_resamples, seed)
-        better = BETTER.get(key, "higher")
+                               statistic(key), n_resamples, seed)
+        better = METRICS[key].better
         out[key] = {**row, "better": better, "verdict": _verdict(row["diff_ci"], better)}
     return out
 
@@ -87,18 +91,41 @@ def compare_models(records: list[dict], base_answers: list[dict], tuned_answers:
 def _fmt(x) -> str:
     return "n/a" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{x:.4g}"
 
+# %% ../nbs/03a_compare.ipynb #c68c85b8
+def _cell(text, width: int = 160) -> str:
+    text = str(text).replace("|", "\\|").replace("\n", " ")
+    return text if len(text) <= width else text[:width - 1] + "…"
+
 # %% ../nbs/03a_compare.ipynb #b3a3878a
-def comparison_markdown(comparison: dict) -> str:
-    "The comparison as a Markdown table: base, fine-tuned, difference, its 95 % interval, verdict."
-    rows = ["| metric | base | fine-tuned | difference | 95 % interval | verdict |", "|---|---|---|---|---|---|"]
-    for key, r in comparison.items():
-        rows.append(f"| {key} | {_fmt(r['base'])} | {_fmt(r['finetuned'])} | {_fmt(r['diff'])} "
-                    f"| [{_fmt(r['diff_ci'][0])}, {_fmt(r['diff_ci'][1])}] | {r['verdict']} |")
-    return "\n".join(rows)
+def _table_cells(metrics: dict) -> list[list[str]]:
+    base, tuned, comp = metrics.get("base"), metrics.get("finetuned") or {}, metrics.get("comparison")
+    keys = [k for k in METRICS if k in (comp or {}) or k in tuned]
+    if comp:
+        rows = [["metric", "better", "base", "fine-tuned", "difference", "95 % interval", "verdict"]]
+        return rows + [[k, METRICS[k].better or "", _fmt(r["base"]), _fmt(r["finetuned"]), _fmt(r["diff"]),
+                        f"[{_fmt(r['diff_ci'][0])}, {_fmt(r['diff_ci'][1])}]", r["verdict"]]
+                       for k, r in ((k, comp[k]) for k in keys if k in comp)]
+    if base:
+        numbers = lambda k: all(isinstance(m.get(k), (int, float)) for m in (base, tuned))  # None: nothing was scored
+        change = lambda k: _fmt(tuned[k] - base[k]) if numbers(k) else "n/a"
+        return [["metric", "better", "base", "fine-tuned", "change"]] + [
+            [k, METRICS[k].better or "", _fmt(base.get(k)), _fmt(tuned.get(k)), change(k)] for k in keys]
+    return [["metric", "better", "value"]] + [[k, METRICS[k].better or "", _fmt(tuned[k])] for k in keys]
+
+# %% ../nbs/03a_compare.ipynb #6b7ab245
+def metrics_table(metrics: dict, # `finetuned` metrics, optionally `base` and `comparison` (from `compare_models`)
+                  style: str = "markdown", # "markdown" (report, model card) or "text" (a terminal)
+                 ) -> str:
+    "The one metrics table: one model's metrics, both models with the change, or the comparison with its intervals."
+    rows = _table_cells(metrics)
+    if style == "markdown":
+        return "\n".join("| " + " | ".join(_cell(c) for c in r) + " |" for r in [rows[0], ["---"] * len(rows[0])] + rows[1:])
+    if style != "text": raise ValueError(f"unknown table style {style!r}; use 'markdown' or 'text'")
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    line = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
+    return "\n".join(map(line, rows))
 
 # %% ../nbs/03a_compare.ipynb #2d02c8aa
-BOUNDED = ("exact_match", "token_f1", "rougeL", "bleu", "chrf", "stop_rate")
-
 def _err(rows: list[dict], side: str) -> np.ndarray:
     v = np.array([r[side] for r in rows], float); ci = np.array([r[f"{side}_ci"] for r in rows], float)
     return np.abs(np.stack([v - ci[:, 0], ci[:, 1] - v]))
@@ -110,12 +137,12 @@ def plot_comparison(comparison: dict, path: str | Path | None = None):
     if path is not None: matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.8))
-    keys = [k for k in BOUNDED if k in comparison]; rows = [comparison[k] for k in keys]; x = np.arange(len(keys))
+    keys = [k for k in comparison if METRICS[k].bounds == (0.0, 1.0)]; rows = [comparison[k] for k in keys]; x = np.arange(len(keys))
     for dx, side, label in ((-0.2, "base", "base"), (0.2, "finetuned", "fine-tuned")):
         ax1.bar(x + dx, [r[side] for r in rows], 0.4, yerr=_err(rows, side), capsize=3, label=label)
     ax1.set(xticks=x, xticklabels=keys, ylim=(0, 1.05), title="Scores (95 % bootstrap intervals)"); ax1.legend()
     ax1.tick_params(axis="x", rotation=20)
-    keys = [k for k in comparison if k not in ("perplexity", "mean_answer_tokens")]; rows = [comparison[k] for k in keys]
+    keys = [k for k in comparison if METRICS[k].better and METRICS[k].aggregate != "exp_token_mean"]; rows = [comparison[k] for k in keys]
     ci = np.array([r["diff_ci"] for r in rows], float); d = np.array([r["diff"] for r in rows], float)
     ax2.barh(keys, d, xerr=np.abs(np.stack([d - ci[:, 0], ci[:, 1] - d])), capsize=3, color="C2")
     ax2.axvline(0, color="k", lw=0.8); ax2.invert_yaxis(); ax2.set(title="Fine-tuned − base (95 % interval)")
@@ -133,11 +160,6 @@ def sample_table(records: list[dict], base_answers: list[dict], tuned_answers: l
             for r, b, t in zip(records, base_answers, tuned_answers) if b["scores"][by] is not None and t["scores"][by] is not None]
     ranked = sorted(rows, key=lambda row: row["diff"])
     return {"by": by, "wins": [r for r in ranked[::-1] if r["diff"] > 0][:k], "losses": [r for r in ranked if r["diff"] < 0][:k]}
-
-# %% ../nbs/03a_compare.ipynb #c68c85b8
-def _cell(text, width: int = 160) -> str:
-    text = str(text).replace("|", "\\|").replace("\n", " ")
-    return text if len(text) <= width else text[:width - 1] + "…"
 
 # %% ../nbs/03a_compare.ipynb #7792a419
 def samples_markdown(samples: dict) -> str:
@@ -189,11 +211,6 @@ def plot_overfitting(history: LossHistory, path: str | Path | None = None):
     if path is not None: fig.savefig(path, dpi=100); plt.close(fig)
     return fig
 
-# %% ../nbs/03a_compare.ipynb #1a9115c6
-def _single_model_markdown(metrics: dict) -> str:
-    rows = ["| metric | value |", "|---|---|"] + [f"| {k} | {_fmt(metrics[k])} |" for k in COMPARE_KEYS if k in metrics]
-    return "\n".join(rows)
-
 # %% ../nbs/03a_compare.ipynb #9f3b7c3e
 def _unscored_markdown(metrics: dict) -> list[str]:
     rows = [(side, u) for side in ("base", "finetuned") for u in metrics.get(side, {}).get("unscored", [])]
@@ -215,8 +232,8 @@ def write_report(out_dir: str | Path, metrics: dict, # `base`/`finetuned` metric
         plot_comparison(metrics["comparison"], out / "comparison.png")
         parts += ["## Base vs fine-tuned", "", "Differences are fine-tuned minus base; the intervals come from a paired bootstrap "
                   "over the test records (1,000 resamples). *better*/*worse* only where the interval excludes zero.", "",
-                  comparison_markdown(metrics["comparison"]), "", "![metrics with 95 % intervals](comparison.png)", ""]
-    else: parts += ["## Metrics", "", _single_model_markdown(metrics["finetuned"]), ""]
+                  metrics_table(metrics), "", "![metrics with 95 % intervals](comparison.png)", ""]
+    else: parts += ["## Metrics", "", metrics_table(metrics), ""]
     parts += _unscored_markdown(metrics)
     if samples: parts += ["## Where the models differ most", "", samples_markdown(samples)]
     if history is not None and history.valid:

@@ -4,19 +4,24 @@
 
 # %% ../nbs/04_deploy.ipynb #938cc2de
 from __future__ import annotations
-import json, os, threading
+import json, os, queue, threading
 from pathlib import Path
 
-import torch
-from transformers import GenerationConfig, TextIteratorStreamer
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from transformers import GenerationConfig
 
-from .data import PLAIN_TEMPLATE, stop_token_ids
-from .model import ModelError, load_model
-from .evaluation import COMPARE_KEYS, generate_answers, generate_texts
+from .data import encode_prompts, render_chat, stop_token_ids
+from .model import DEFAULT_MODEL, ModelError, load_model
+from .evaluation import Detokenizer, generate_ids, generate_texts
+from .compare import metrics_table
+from .metrics import METRICS
 
 # %% auto #0
-__all__ = ['generation_config_for', 'model_card', 'save_model', 'HubError', 'push_to_hub', 'load_for_inference', 'answer',
-           'chat_prompt', 'sampling_args', 'generate', 'stream', 'chat']
+__all__ = ['DEFAULT_HUB_ID', 'DEFAULT_LICENSE', 'generation_config_for', 'hub_id', 'model_card', 'save_model', 'HubError',
+           'push_to_hub', 'load_for_inference', 'sampling_args', 'generate', 'stream', 'chat', 'ask', 'Detokenizer']
+
+# %% ../nbs/04_deploy.ipynb #dc072b4f
+_all_ = ["Detokenizer"]  # the incremental detokenizer of the generation core, for streaming clients
 
 # %% ../nbs/04_deploy.ipynb #de437abb
 def generation_config_for(tokenizer, max_new_tokens: int = 128) -> GenerationConfig:
@@ -25,32 +30,17 @@ def generation_config_for(tokenizer, max_new_tokens: int = 128) -> GenerationCon
     return GenerationConfig(eos_token_id=stops if len(stops) > 1 else stops[0], pad_token_id=tokenizer.pad_token_id,
                             bos_token_id=tokenizer.bos_token_id, max_new_tokens=max_new_tokens, do_sample=False)
 
-# %% ../nbs/04_deploy.ipynb #9731c071
-def _metrics_table(metrics: dict) -> str:
-    base, ft = metrics.get("base", {}), metrics.get("finetuned", {})
-    rows = ["| metric | base | fine-tuned |", "|---|---|---|"]
-    rows += [f"| {k} | {base[k]:.4g} | {ft[k]:.4g} |" for k in COMPARE_KEYS if k in base and k in ft]
-    return "\n".join(rows) if len(rows) > 2 else "No evaluation was run."
-
-# %% ../nbs/04_deploy.ipynb #2db7c980
-def model_card(base_model: str, metrics: dict | None = None, config: dict | None = None) -> str:
-    "A Markdown model card: base model, data, hyperparameters, metrics, intended use and limits."
-    metrics, config = metrics or {}, config or {}
-    data = metrics.get("data", {})
-    kept = data.get("kept", {})
-    return f"""---
-library_name: transformers
-base_model: {base_model}
-tags: [gpt_finetune, fine-tuned, causal-lm]
----
-# Fine-tuned {base_model}
+# %% ../nbs/04_deploy.ipynb #45fb2486
+def _card_body(base: str, data: dict, config: dict, metrics: dict) -> str:
+    has_eval = bool(metrics.get("finetuned"))
+    return f"""# Fine-tuned {base}
 
 Fine-tuned with [gpt_finetune](https://github.com/gpt-finetune/gpt_finetune) on input/output pairs,
 with the loss on answer tokens and the end-of-turn token only.
 
 ## Data
 - Source: `{data.get('source', 'unknown')}`
-- Records kept per split: {json.dumps(kept) if kept else 'unknown'}
+- Records kept per split: {json.dumps(data.get('kept')) if data.get('kept') else 'unknown'}
 - Records dropped, by reason: {json.dumps(data.get('dropped', {}))}
 
 ## Training
@@ -59,13 +49,13 @@ with the loss on answer tokens and the end-of-turn token only.
 ```
 
 ## Evaluation on the held-out test split
-{_metrics_table(metrics)}
+{metrics_table(metrics) if has_eval else "No evaluation was run."}
 
 ## Use
 ```python
-from gpt_finetune.deploy import load_for_inference, answer
+from gpt_finetune.deploy import load_for_inference, chat
 model, tok = load_for_inference("path/to/this/folder")
-print(answer(model, tok, "Your question"))
+print(chat(model, tok, [{{"role": "user", "content": "Your question"}}]))
 ```
 Any tool that reads Hugging Face folders works too; prompts must use the saved chat template.
 
@@ -75,24 +65,72 @@ answers and knows little else reliably. It can state false things confidently. C
 relying on them, and do not use it for medical, legal, financial or safety decisions.
 """
 
+# %% ../nbs/04_deploy.ipynb #80659bf0
+DEFAULT_HUB_ID, DEFAULT_LICENSE = "HuggingFaceTB/SmolLM2-135M-Instruct", "apache-2.0"  # where the default model comes from
+
+# %% ../nbs/04_deploy.ipynb #60f0662b
+def hub_id(name: str | None) -> str | None:
+    "The Hub id of a base model given by name: the default model's, an `org/name` id as is, None for a local folder."
+    if name in (None, "default", DEFAULT_MODEL, DEFAULT_HUB_ID): return DEFAULT_HUB_ID
+    name = str(name)
+    if name.count("/") != 1 or name.startswith((".", "/", "~")) or Path(name).exists(): return None
+    return name
+
+# %% ../nbs/04_deploy.ipynb #b716a59c
+def _no_paths(x):
+    "The same structure with every absolute local path reduced to its file name."
+    if isinstance(x, dict): return {k: _no_paths(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)): return [_no_paths(v) for v in x]
+    if isinstance(x, Path) or (isinstance(x, str) and (os.path.isabs(x) or x.startswith("~"))): return Path(x).name
+    return x
+
+# %% ../nbs/04_deploy.ipynb #69ba9856
+def _eval_results(metrics: dict, dataset: str) -> list[EvalResult]:
+    tuned = metrics.get("finetuned") or {}
+    return [EvalResult(task_type="text-generation", dataset_type=dataset, dataset_name=f"{dataset} (held-out test split)",
+                       dataset_split="test", metric_type=k, metric_name=k, metric_value=round(float(tuned[k]), 6))
+            for k in METRICS if isinstance(tuned.get(k), (int, float))]
+
+# %% ../nbs/04_deploy.ipynb #2db7c980
+def model_card(base_model: str | None, # name, Hub id or folder of the base model
+               metrics: dict | None = None, # `base`/`finetuned` metrics, `comparison`, and `data` (its `source`, counts)
+               config: dict | None = None, # the training configuration, shown as JSON
+               license: str | None = None, # default: the default model's license, else none stated
+               model_name: str = "gpt_finetune-model", # the name the Hub shows for the results
+              ) -> ModelCard:
+    "A Hub-valid model card: metadata, data, training configuration, metrics table, use, intended use and limits."
+    metrics, config = metrics or {}, _no_paths(config or {})
+    data, base_id = _no_paths(metrics.get("data", {})), hub_id(base_model)
+    source = str(data.get("source") or "unknown data")
+    name = source.split(":")[0]  # a Hub dataset is `org/name[:split]`; a local file has a suffix
+    hub_data = name if hub_id(name) not in (None, DEFAULT_HUB_ID) and not Path(name).suffix else None
+    meta = ModelCardData(base_model=base_id, license=license or (DEFAULT_LICENSE if base_id == DEFAULT_HUB_ID else None),
+                         library_name="transformers", pipeline_tag="text-generation",
+                         datasets=[hub_data] if hub_data else None,
+                         tags=["gpt_finetune", "fine-tuned", "causal-lm"], model_name=model_name,
+                         eval_results=_eval_results(metrics, hub_data or source) or None)
+    body = _card_body(base_id or Path(str(base_model)).name, data, config, metrics)
+    return ModelCard(f"---\n{meta.to_yaml()}\n---\n{body}")
+
 # %% ../nbs/04_deploy.ipynb #662f45de
 def save_model(model, tokenizer, out_dir: str | Path,
                base_model: str = "unknown", # name or folder of the base model: in the card, and in an adapter's config
                metrics: dict | None = None, config: dict | None = None,
-               merge: bool = True, # merge LoRA adapters into full weights; False saves the adapter alone
+               adapter_only: bool = False, # LoRA only: save the adapter alone instead of merged full weights
                max_new_tokens: int = 128, # default answer length in the saved generation config
                push_to: str | None = None, # also upload the folder to this Hub repository, "user/name" (token: HF_TOKEN)
               ) -> Path:
     "Save weights (safetensors) or a LoRA adapter, tokenizer, generation config and model card into `out_dir`."
     out_dir, gen_cfg = Path(out_dir), generation_config_for(tokenizer, max_new_tokens)
-    if merge and hasattr(model, "merge_and_unload"): model = model.merge_and_unload()
-    if hasattr(model, "peft_config"):  # still a peft model: save the adapter, naming its base model
+    if adapter_only and not hasattr(model, "peft_config"): raise ValueError("adapter_only needs a LoRA (peft) model")
+    if not adapter_only and hasattr(model, "merge_and_unload"): model = model.merge_and_unload()
+    if adapter_only:  # the adapter's config names its base model, so loading it finds the base
         for cfg in model.peft_config.values(): cfg.base_model_name_or_path = base_model
     else: model.generation_config = gen_cfg
     model.save_pretrained(out_dir)
     gen_cfg.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
-    (out_dir / "README.md").write_text(model_card(base_model, metrics, config), encoding="utf-8")
+    model_card(base_model, metrics, config, model_name=out_dir.resolve().name).save(out_dir / "README.md")
     if push_to: push_to_hub(out_dir, push_to)
     return out_dir
 
@@ -133,75 +171,67 @@ def load_for_inference(model_dir: str | Path):
     if tok.pad_token is None: tok.pad_token = tok.eos_token
     return model.eval(), tok
 
-# %% ../nbs/04_deploy.ipynb #cb733837
-def answer(model, tokenizer, question: str, max_new_tokens: int | None = None, **gen_kwargs) -> str:
-    "The model's answer to one question, stopping at the end-of-turn token."
-    limit = max_new_tokens or model.generation_config.max_new_tokens or 128
-    return generate_answers(model, tokenizer, [question], max_new_tokens=limit, **gen_kwargs)[0]["text"]
-
-# %% ../nbs/04_deploy.ipynb #85fb9421
-def chat_prompt(tokenizer, messages: list[dict]) -> str:
-    "Render `[{role, content}, ...]` with the chat template (or the plain template), ready for the answer."
-    if tokenizer.chat_template is not None:
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    turns = {"system": "{content}\n\n", "user": PLAIN_TEMPLATE.replace("{input}", "{content}"), "assistant": "{content}\n\n"}
-    return "".join(turns[m["role"]].format(content=m["content"]) for m in messages)
-
 # %% ../nbs/04_deploy.ipynb #0ca4ff64
 def sampling_args(temperature: float = 0.0, # 0 is greedy: the most likely token every time
                   top_p: float = 1.0, # sample only from the smallest set of tokens whose probabilities sum to top_p
+                  seed: int | None = None, # makes sampled answers repeatable
                  ) -> dict:
-    "`model.generate` keyword arguments for these sampling settings."
+    "Keyword arguments of `generate_ids` for these sampling settings; one-line `ValueError` for impossible ones."
     if temperature < 0 or not 0 < top_p <= 1: raise ValueError(f"need temperature >= 0 and 0 < top_p <= 1, got {temperature}, {top_p}")
     if temperature == 0: return {"do_sample": False}
-    return {"do_sample": True, "temperature": temperature, "top_p": top_p}
-
-# %% ../nbs/04_deploy.ipynb #801f3801
-def _encode(tokenizer, prompts: list[str]) -> list[list[int]]:
-    return tokenizer(prompts, add_special_tokens=tokenizer.chat_template is None).input_ids  # a chat template writes its own BOS
-
-# %% ../nbs/04_deploy.ipynb #723aa54f
-def _left_pad(rows: list[list[int]], pad_id: int, device) -> dict:
-    width = max(map(len, rows))
-    ids = [[pad_id] * (width - len(r)) + r for r in rows]
-    mask = [[0] * (width - len(r)) + [1] * len(r) for r in rows]
-    return {"input_ids": torch.tensor(ids, device=device), "attention_mask": torch.tensor(mask, device=device)}
+    return {"do_sample": True, "temperature": temperature, "top_p": top_p, "seed": seed}
 
 # %% ../nbs/04_deploy.ipynb #be29adcd
-def generate(model, tokenizer, prompts: list[str], # rendered prompts (see `chat_prompt`), or any raw text
+def generate(model, tokenizer, prompts: list[str], # rendered prompts (see `render_chat`), or any raw text
              max_new_tokens: int | None = None, # default: the model's generation config
-             temperature: float = 0.0, top_p: float = 1.0,
+             temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None,
+             stop: list[str] | None = None, # strings that end an answer (cut before them)
              batch_size: int = 16, # prompts generated together
             ) -> list[dict]:
-    "Continue each prompt; dicts with `text`, `finish_reason` ('stop'/'length'), `prompt_tokens`, `completion_tokens`."
+    "Continue rendered prompts with sampling settings; `text`, `finish_reason`, token counts and `ids` for each."
     limit = max_new_tokens or model.generation_config.max_new_tokens or 128
-    outs = generate_texts(model, tokenizer, prompts, limit, batch_size, **sampling_args(temperature, top_p))
-    return [{"text": o["text"], "finish_reason": "stop" if o["stopped"] else "length",
-             "prompt_tokens": o["prompt_tokens"], "completion_tokens": o["tokens"]} for o in outs]
+    return generate_texts(model, tokenizer, prompts, limit, batch_size, stop=stop, **sampling_args(temperature, top_p, seed))
 
 # %% ../nbs/04_deploy.ipynb #10b7f28a
-def stream(model, tokenizer, prompt: str, max_new_tokens: int | None = None, temperature: float = 0.0, top_p: float = 1.0):
-    "Yield the answer to one rendered prompt in pieces of text as they are generated."
-    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600)
-    batch = _left_pad(_encode(tokenizer, [prompt]), tokenizer.pad_token_id, model.device)
-    kwargs = dict(**batch, streamer=streamer, eos_token_id=stop_token_ids(tokenizer), pad_token_id=tokenizer.pad_token_id,
-                  max_new_tokens=max_new_tokens or model.generation_config.max_new_tokens or 128, **sampling_args(temperature, top_p))
-    model.eval()
-    worker = threading.Thread(target=torch.no_grad()(model.generate), kwargs=kwargs, daemon=True)
+def stream(model, tokenizer, prompt: str, # one rendered prompt
+           max_new_tokens: int | None = None, temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None,
+           stop: list[str] | None = None):
+    "Yield the continuation of one rendered prompt in pieces of text as they are generated."
+    tokens, gone, stop = queue.Queue(), threading.Event(), list(stop or [])
+    limit = max_new_tokens or model.generation_config.max_new_tokens or 128
+    def work():
+        try: generate_ids(model, tokenizer, encode_prompts(tokenizer, [prompt]), limit, on_token=lambda i, t: tokens.put(t),
+                          cancelled=lambda i: gone.is_set(), stop=[stop], **sampling_args(temperature, top_p, seed))
+        except Exception as e: tokens.put(e)
+        tokens.put(None)
+    worker, detok = threading.Thread(target=work, daemon=True), Detokenizer(tokenizer, stop)
     worker.start()
-    yield from (piece for piece in streamer if piece)
-    worker.join()
+    try:
+        while (t := tokens.get()) is not None and not detok.stopped:
+            if isinstance(t, Exception): raise t
+            if piece := detok.push(t): yield piece
+        if piece := detok.push(final=True): yield piece
+    finally: gone.set(); worker.join()
 
 # %% ../nbs/04_deploy.ipynb #70ebaf3a
 def chat(model, tokenizer, messages: list[dict] | list[list[dict]], # one conversation, or a list of them (a batch)
-         max_new_tokens: int | None = None, temperature: float = 0.0, top_p: float = 1.0,
+         max_new_tokens: int | None = None, temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None,
+         stop: list[str] | None = None, # strings that end an answer (cut before them)
          stream_text: bool = False, # return a generator of text pieces (one conversation only)
         ):
     "The assistant's next message for a conversation (str), a batch of them (list), or a stream of pieces."
     batched = bool(messages) and isinstance(messages[0], list)
-    prompts = [chat_prompt(tokenizer, c) for c in (messages if batched else [messages])]
+    prompts = [render_chat(tokenizer, c) for c in (messages if batched else [messages])]
     if stream_text:
         if batched: raise ValueError("streaming answers one conversation at a time")
-        return stream(model, tokenizer, prompts[0], max_new_tokens, temperature, top_p)
-    texts = [r["text"].strip() for r in generate(model, tokenizer, prompts, max_new_tokens, temperature, top_p)]
+        return stream(model, tokenizer, prompts[0], max_new_tokens, temperature, top_p, seed, stop)
+    texts = [r["text"].strip() for r in generate(model, tokenizer, prompts, max_new_tokens, temperature, top_p, seed, stop)]
     return texts if batched else texts[0]
+
+# %% ../nbs/04_deploy.ipynb #cb733837
+def ask(model, tokenizer, question: str, # one bare question
+        system: str | None = None, max_new_tokens: int | None = None, # default: the model's generation config
+        temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None) -> str:
+    "The model's answer to one question, as a string: the quickest way to try a model."
+    turns = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": question}]
+    return chat(model, tokenizer, turns, max_new_tokens, temperature, top_p, seed)

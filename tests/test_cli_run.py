@@ -1,14 +1,18 @@
 """The main job end to end through the real `gpt-finetune` command, on tiny random models."""
 import json
 
+import pytest
+
 from conftest import run_cli
+from gpt_finetune.model import tiny_model
 
 
 def _pairs(n=40):
     return [{"input": f"What is {i} plus {i}?", "output": f"It is {2 * i}."} for i in range(n)]
 
 
-def test_run_writes_every_output(tiny_dir, tmp_path):
+def test_run_writes_every_output(tiny_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("GPT_FINETUNE_CACHE", str(tmp_path / "cache"))
     data = tmp_path / "my.json"
     records = _pairs() + [_pairs()[0], {"input": "Nothing?", "output": "  "}]
     data.write_text(json.dumps(records))
@@ -16,9 +20,13 @@ def test_run_writes_every_output(tiny_dir, tmp_path):
     res = run_cli("run", "--data", data, "--model", tiny_dir, "--output-dir", out, "--epochs", 2,
                   "--learning-rate", 3e-3, "--max-new-tokens", 8, "--eval-every", 3)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert "perplexity" in res.stdout and "fine-tuned" in res.stdout  # the before/after table
+    assert "perplexity" in res.stdout and "fine-tuned" in res.stdout and "95 % interval" in res.stdout  # the before/after table
+    assert "time: base evaluation" in res.stdout and "final evaluation" in res.stdout and "disk: " in res.stdout
     m = json.loads((out / "metrics.json").read_text())
-    assert set(m) == {"base", "finetuned", "data", "train", "comparison"}
+    assert set(m) == {"base", "finetuned", "data", "train", "comparison", "timings", "disk"}
+    for phase in ("base_evaluation_s", "training_s", "training_evaluations_s", "final_evaluation_s", "saving_s"):
+        assert m["timings"][phase] >= 0, phase
+    assert m["timings"]["base_reused"] is False and m["timings"]["training_s"] >= m["train"]["runtime_s"]
     for key in ("eval_loss", "perplexity", "exact_match", "token_f1", "rougeL", "bleu", "chrf", "stop_rate"):
         row = m["comparison"][key]
         assert abs(row["diff"] - (m["finetuned"][key] - m["base"][key])) < 1e-9 and len(row["diff_ci"]) == 2, key
@@ -45,6 +53,50 @@ def test_run_writes_every_output(tiny_dir, tmp_path):
     assert {"model.safetensors", "config.json", "generation_config.json", "tokenizer.json", "README.md"} <= names
     assert "Evaluation on the held-out test split" in (out / "model" / "README.md").read_text()
 
-    gen = run_cli("generate", "--model", out / "model", "--max-new-tokens", 6, "What is 3 plus 3?")
+    gen = run_cli("generate", "--model", out / "model", "--max-tokens", 6, "--temperature", 0, "What is 3 plus 3?")
     assert gen.returncode == 0, gen.stderr[-2000:]
     assert gen.stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def llama_dir(tmp_path_factory):
+    model, tok = tiny_model("llama")
+    path = tmp_path_factory.mktemp("tiny-llama")
+    model.save_pretrained(path); tok.save_pretrained(path)
+    return path
+
+
+def test_base_answers_are_reused(llama_dir, tmp_path, monkeypatch):
+    "The same baseline on the same test records with the same settings is scored once; anything else is scored again."
+    from gpt_finetune.cli import main
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("GPT_FINETUNE_CACHE", str(cache))
+    data = tmp_path / "test.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in _pairs(6)))
+    def evaluate(out, *more):
+        assert main(["evaluate", "--model", llama_dir, "--baseline", llama_dir, "--data", data, "--output-dir", tmp_path / out,
+                     "--max-new-tokens", 4, "--n-resamples", 50, *more]) == 0
+        return json.loads((tmp_path / out / "metrics.json").read_text())
+    first, again = evaluate("a"), evaluate("b")
+    assert (first["timings"]["baseline_reused"], again["timings"]["baseline_reused"]) == (False, True)
+    assert again["base"] == first["base"] and len(list((cache / "baselines").glob("*.json"))) == 1
+    assert evaluate("c", "--max-new-tokens", 5)["timings"]["baseline_reused"] is False  # other settings: other answers
+    assert evaluate("d", "--no-reuse-baseline")["timings"]["baseline_reused"] is False
+
+
+def test_export_command_writes_a_gguf_file(llama_dir, tmp_path, capsys):
+    from gpt_finetune.cli import main
+    out = tmp_path / "tiny-q8.gguf"
+    assert main(["export", "--model", llama_dir, "--out-file", out, "--out-type", "q8_0"]) == 0
+    assert out.read_bytes()[:4] == b"GGUF" and "llama-cli -m" in capsys.readouterr().out
+
+
+def test_quantize_is_refused_in_one_line_without_cuda(llama_dir, tmp_path, capsys):
+    import torch
+    from gpt_finetune.cli import main
+    if torch.cuda.is_available(): pytest.skip("a CUDA GPU is present: QLoRA can run here")
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in _pairs(6)))
+    assert main(["run", "--data", data, "--model", llama_dir, "--quantize", "4", "--output-dir", tmp_path / "out"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "CUDA" in lines[0] and not (tmp_path / "out").exists(), lines

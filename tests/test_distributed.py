@@ -1,13 +1,18 @@
-"""Two CPU processes (gloo) through the real launchers: the loss curve of 2 x batch 4 equals 1 x batch 8, and
-`gpt-finetune run` under torchrun writes its outputs once, from rank 0."""
+"""Two CPU processes (gloo) through the real launchers: the loss curve of 2 x batch 4 (accelerate, with the lesson's
+`ddp_cpu.yaml`) equals 1 x batch 8, and `gpt-finetune run` under torchrun writes its outputs once, from rank 0.
+The accelerate configurations in `configs/` are the ones `scale.accelerate_config` writes."""
 import json, os, socket, subprocess, sys
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
+
+from gpt_finetune.scale import ACCELERATE_CONFIGS, accelerate_config
 
 BIN = Path(sys.executable).parent
 SCRIPT = str(Path(__file__).parent / "tiny_train.py")
+CONFIGS = Path(__file__).parent.parent / "configs"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # one thread per process: 2 processes on 2 cores
 
 
@@ -26,13 +31,20 @@ def _steps(path: Path) -> dict:
     return {s["step"]: s["ids"] for s in map(json.loads, path.read_text().splitlines())}
 
 
+def test_configs_folder_holds_the_lessons_accelerate_configs():
+    for kind, text in ACCELERATE_CONFIGS.items():
+        assert (CONFIGS / f"{kind}.yaml").read_text() == text, f"configs/{kind}.yaml differs from the lesson's"
+        assert yaml.safe_load(text)["num_processes"] == 2
+
+
 def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     args = ["--epochs", 1, "--save-every", 0]
     _run([sys.executable, SCRIPT, "--out", one, "--batch-size", 8, *args])
     # accelerate's multi-GPU mode on a CPU machine: two gloo processes (`--cpu --num_processes 2` would start one)
-    _run([BIN / "accelerate", "launch", "--multi_gpu", "--num_processes", 2, "--num_machines", 1, "--mixed_precision", "no",
-          "--dynamo_backend", "no", "--main_process_port", _free_port(), SCRIPT, "--out", two, "--batch-size", 4, *args])
+    config = accelerate_config("ddp_cpu", tmp_path)
+    _run([BIN / "accelerate", "launch", "--config_file", config, "--main_process_port", _free_port(), SCRIPT, "--out", two,
+          "--batch-size", 4, *args])
     a, b = (json.loads((d / "stats.json").read_text()) for d in (one, two))
     assert a["steps"] == b["steps"] == 6
     assert [s for s, _ in a["train"]] == [s for s, _ in b["train"]]
@@ -52,9 +64,11 @@ def test_cli_under_torchrun_writes_once_from_rank_0(tmp_path):
     data.write_text(json.dumps([{"input": f"What is {i} plus {i}?", "output": f"It is {2 * i}."} for i in range(40)]))
     res = _run([BIN / "torchrun", "--nproc_per_node", 2, "--master_port", _free_port(), "--no-python", BIN / "gpt-finetune",
                 "run", "--data", data, "--model", tiny_dir, "--output-dir", out, "--epochs", 2, "--batch-size", 4,
-                "--learning-rate", 3e-3, "--eval-every", 2, "--save-every", 4, "--max-new-tokens", 4, "--precision", "fp32"])
-    assert res.stdout.count("outputs in") == 1  # one report, from rank 0
-    assert res.stderr.count("evaluating the base model") == 1
+                "--learning-rate", 3e-3, "--eval-every", 2, "--save-every", 4, "--max-new-tokens", 4, "--precision", "fp32",
+                "--keep-checkpoints"])
+    lines = res.stdout.splitlines()
+    assert sum(l.startswith("disk: ") for l in lines) == 1  # one report, from rank 0 ...
+    assert sum(l.startswith("time: base evaluation") for l in lines) == 1  # ... which alone evaluated the base model
     m = json.loads((out / "metrics.json").read_text())
     assert m["train"]["steps"] == 2 * -(-m["data"]["kept"]["train"] // 8)  # global batch 2 x 4
     assert m["finetuned"]["eval_loss"] < m["base"]["eval_loss"]

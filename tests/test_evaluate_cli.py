@@ -4,6 +4,7 @@ import json
 import pytest
 
 from conftest import run_cli
+from gpt_finetune.cli import main
 from gpt_finetune.model import tiny_model
 
 QUIZ = [{"input": "What is 2 plus 2?", "output": "4", "accept": ["four", "It is 4."]},
@@ -17,15 +18,16 @@ def _write(path, records):
     return path
 
 
-def test_evaluate_against_baseline(tiny_dir, tmp_path):
+def test_evaluate_against_baseline(tiny_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("GPT_FINETUNE_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "eval"
     res = run_cli("evaluate", "--model", tiny_dir, "--data", _write(tmp_path / "quiz.json", QUIZ), "--baseline", tiny_dir,
                   "--output-dir", out, "--max-new-tokens", 4, "--n-resamples", 200)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert "| eval_loss |" in res.stdout and "report.md" in res.stdout
+    assert "95 % interval" in res.stdout and "\neval_loss " in res.stdout and "report.md" in res.stdout
     m = json.loads((out / "metrics.json").read_text())
-    assert set(m) == {"base", "finetuned", "data", "comparison"}
-    assert m["data"] == {"source": str(tmp_path / "quiz.json"), "records": 4, "with_accept": 2, "empty_reference": 0}
+    assert set(m) == {"base", "finetuned", "data", "comparison", "timings"}
+    assert m["data"] == {"source": str(tmp_path / "quiz.json"), "format": "pairs", "records": 4, "dropped": {}, "with_accept": 2}
     for side in ("base", "finetuned"):
         for key in ("eval_loss", "perplexity", "exact_match", "token_f1", "rougeL", "bleu", "chrf", "stop_rate", "mean_answer_tokens"):
             assert key in m[side], (side, key)
@@ -57,7 +59,7 @@ def test_accept_list_counts_as_correct(tmp_path):
     res = run_cli("evaluate", "--model", tiny_dir, "--data", data, "--output-dir", tmp_path / "out", "--max-new-tokens", 6)
     assert res.returncode == 0, res.stderr[-3000:]
     m = json.loads((tmp_path / "out" / "metrics.json").read_text())
-    assert set(m) == {"finetuned", "data"}
+    assert set(m) == {"finetuned", "data", "timings"}
     answers = [json.loads(l) for l in (tmp_path / "out" / "answers.jsonl").read_text().splitlines()]
     assert [a["finetuned"] for a in answers] == said
     assert [a["finetuned_scores"]["exact_match"] for a in answers] == [float(i == k) for i in range(3)]  # right by its accept list only
@@ -74,14 +76,14 @@ BAD_FILES = {
 
 
 @pytest.mark.parametrize("name", sorted(BAD_FILES))
-def test_bad_file_is_one_line(name, tmp_path):
+def test_bad_file_is_one_line(name, tmp_path, capsys):
+    "In this process: these errors come before any model is loaded, and a new process would cost more than they do."
     content, expected = BAD_FILES[name]
     path = tmp_path / name
     path.write_text(content, encoding="utf-8")
-    res = run_cli("evaluate", "--model", tmp_path / "never-loaded", "--data", path, "--output-dir", tmp_path / "out")
-    assert res.returncode == 2
-    lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("gpt-finetune: error: ") and path.name in lines[0], res.stderr
+    assert main(["evaluate", "--model", tmp_path / "never-loaded", "--data", path, "--output-dir", tmp_path / "out"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("gpt-finetune: error: ") and path.name in lines[0], lines
     assert expected in lines[0]
     assert not (tmp_path / "out").exists()  # the file is checked before any model is loaded or anything written
 
@@ -95,16 +97,49 @@ def _not_a_causal_lm(path):
 
 
 @pytest.mark.parametrize("kind", ["encoder", "no_model"])
-def test_not_a_causal_lm_is_one_line(kind, tmp_path):
+def test_not_a_causal_lm_is_one_line(kind, tmp_path, capsys):
     model = _not_a_causal_lm(tmp_path / "bert") if kind == "encoder" else tmp_path / "empty-folder"
     model.mkdir(exist_ok=True)
     data = _write(tmp_path / "quiz.json", QUIZ)
-    res = run_cli("evaluate", "--model", model, "--data", data, "--output-dir", tmp_path / "out")
-    assert res.returncode == 2 and "Traceback" not in res.stderr
-    lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"gpt-finetune: error: {model}: cannot load a causal language model"), res.stderr
+    assert main(["evaluate", "--model", model, "--data", data, "--output-dir", tmp_path / "out"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"gpt-finetune: error: {model}: cannot load a causal language model"), lines
 
 
-def test_model_and_data_are_required(tmp_path):
-    res = run_cli("evaluate", "--data", tmp_path / "x.json")
-    assert res.returncode == 2 and "the following arguments are required: --model" in res.stderr
+def test_model_and_data_are_required(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e: main(["evaluate", "--data", tmp_path / "x.json"])
+    assert e.value.code == 2 and "the following arguments are required: --model" in capsys.readouterr().err
+
+
+def _formats(tmp_path):
+    "The same three question/answer pairs in every format `run` reads."
+    qa = [("What is 2 plus 2?", "4"), ("Who wrote Hamlet?", "Shakespeare"), ("What is the capital of France?", "Paris")]
+    chat = lambda q, a: [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+    files = {
+        "pairs.json": json.dumps([{"input": q, "output": a} for q, a in qa]),
+        "pairs.jsonl": "\n".join(json.dumps({"input": q, "output": a}) for q, a in qa),
+        "pairs.csv": "input,output\n" + "\n".join(f'"{q}",{a}' for q, a in qa),
+        "pairs.tsv": "input\toutput\n" + "\n".join(f"{q}\t{a}" for q, a in qa),
+        "alpaca.json": json.dumps([{"instruction": q, "input": "", "output": a} for q, a in qa]),
+        "openai.jsonl": "\n".join(json.dumps({"messages": chat(q, a)}) for q, a in qa),
+        "sharegpt.jsonl": "\n".join(json.dumps({"conversations": [{"from": "human", "value": q}, {"from": "gpt", "value": a}]})
+                                     for q, a in qa),
+        "prompt_completion.jsonl": "\n".join(json.dumps({"prompt": q, "completion": a}) for q, a in qa),
+    }
+    for name, text in files.items(): (tmp_path / name).write_text(text, encoding="utf-8")
+    from datasets import Dataset
+    Dataset.from_list([{"input": q, "output": a} for q, a in qa]).save_to_disk(str(tmp_path / "saved_dataset"))
+    return [tmp_path / n for n in files] + [tmp_path / "saved_dataset"], qa
+
+
+def test_evaluate_reads_every_format_run_reads(tmp_path):
+    "`evaluate` and `run` read through the one loader: the same records from every format."
+    from gpt_finetune.cli import load_eval_records
+    from gpt_finetune.job import read_records
+    paths, qa = _formats(tmp_path)
+    for path in paths:
+        records, counts = load_eval_records(path)
+        assert [(r["input"], r["output"]) for r in records] == qa, path.name
+        assert [r["messages"] for r in records] == [r["messages"] for r in read_records(path).records], path.name
+        assert counts["records"] == 3 and counts["dropped"] == {}, path.name
+

@@ -5,6 +5,8 @@ import pytest
 from datasets import Dataset, DatasetDict
 
 from gpt_finetune.cli import main
+from gpt_finetune.data import tiny_tokenizer, tokenize_records
+from gpt_finetune.formats import load_records
 from gpt_finetune.model import tiny_model
 
 QA = [("What is the capital of France?", "Paris."), ("Who wrote Hamlet?", "William Shakespeare."),
@@ -27,9 +29,10 @@ def _table(path, header, rows, delimiter):
     return path
 
 
-def _chat(q, a):
+def _chat(q, a, weight=1):
     return {"messages": [{"role": "system", "content": "Answer kindly."}, {"role": "user", "content": "Hello"},
-                         {"role": "assistant", "content": "Hi! Ask me anything."}, {"role": "user", "content": q}, {"role": "assistant", "content": a}]}
+                         {"role": "assistant", "content": "Hi! Ask me anything.", "weight": weight}, {"role": "user", "content": q},
+                         {"role": "assistant", "content": a}]}
 
 
 WRITERS = {  # name: (writer(tmp_path) -> path, expected format, extra CLI options)
@@ -40,6 +43,14 @@ WRITERS = {  # name: (writer(tmp_path) -> path, expected format, extra CLI optio
     "alpaca": (lambda d: _jsonl(d / "a.jsonl", [{"instruction": "Add the numbers.", "input": q, "output": a} for q, a in QA]), "alpaca", []),
     "chat": (lambda d: _jsonl(d / "a.jsonl", [_chat(q, a) for q, a in QA]), "chat", []),
     "prompt_completion": (lambda d: _jsonl(d / "a.jsonl", [{"prompt": q, "completion": a} for q, a in QA]), "prompt_completion", []),
+    "trl_conversational": (lambda d: _jsonl(d / "a.jsonl", [{"prompt": [{"role": "user", "content": q}],
+                                                            "completion": [{"role": "assistant", "content": a}]} for q, a in QA]),
+                           "prompt_completion", []),
+    "sharegpt": (lambda d: _jsonl(d / "a.jsonl", [{"conversations": [{"from": "system", "value": "Answer kindly."},
+                                                                    {"from": "human", "value": q}, {"from": "gpt", "value": a}]}
+                                                  for q, a in QA]), "sharegpt", []),
+    "openai_weights": (lambda d: _jsonl(d / "a.jsonl", [_chat(q, a, weight=0) for q, a in QA]), "chat", []),
+    "trl_text": (lambda d: _jsonl(d / "a.jsonl", [{"text": f"{q} {a}"} for q, a in QA]), "text", []),
     "saved_dataset": (lambda d: Dataset.from_list([{"input": q, "output": a} for q, a in QA]).save_to_disk(d / "ds") or d / "ds", "pairs", []),
 }
 
@@ -87,3 +98,20 @@ def test_multi_turn_chat_trains_through_the_main_job(tmp_path, llama_dir):
     m = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert m["data"]["formats"] == {"chat.jsonl": "chat"} and m["train"]["train_tokens"] > 0
     assert m["finetuned"]["eval_loss"] < m["base"]["eval_loss"]
+
+
+TRAINED = {  # writer: what the tiny chat tokenizer trains on in the first record
+    "sharegpt": "Paris.<|im_end|>",
+    "openai_weights": "Paris.<|im_end|>",  # the weight-0 greeting is context only
+    "chat": "Hi! Ask me anything.<|im_end|>Paris.<|im_end|>",
+    "trl_conversational": "Paris.<|im_end|>",
+    "trl_text": "What is the capital of France? Paris.<|im_end|>",  # a plain text is trained on whole
+}
+
+
+@pytest.mark.parametrize("name", sorted(TRAINED))
+def test_what_each_format_trains_on(name, tmp_path):
+    tok = tiny_tokenizer()
+    rec = load_records(WRITERS[name][0](tmp_path)).records[0]
+    row = tokenize_records([rec], tok)[0]
+    assert tok.decode([t for t, l in zip(row["input_ids"], row["labels"]) if l != -100]) == TRAINED[name]

@@ -1,5 +1,5 @@
 """Generated files agree with their sources: README.md with nbs/index.ipynb, the package with the notebooks."""
-import json, shutil, subprocess, sys
+import json, re, shutil, subprocess, sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,4 +28,46 @@ def test_notebooks_are_clean():
         data = json.loads(nb.read_text(encoding="utf-8"))
         for cell in data["cells"]:
             assert cell.get("execution_count") is None, f"{nb.name}: run `nbdev_clean`"
-            assert not cell.get("metadata"), f"{nb.name}: cell metadata left in; run `nbdev_clean`"
+            extra = set(cell.get("metadata", {})) - {"source_sha"}  # the fingerprint `make notebooks` records
+            assert not extra, f"{nb.name}: cell metadata {sorted(extra)} left in; run `nbdev_clean`"
+
+
+# Every notebook a reader can open on Colab starts the same way, and reads nothing that only a clone has.
+INSTALL_CELL = """#| hide
+import sys
+if "google.colab" in sys.modules:  # Colab brings torch; install the package and what these lessons import
+    import subprocess
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q",
+                    "gpt_finetune[notebooks] @ git+https://github.com/gpt-finetune/gpt_finetune"], check=True)"""
+NOTEBOOKS = sorted((ROOT / "nbs").glob("*.ipynb")) + sorted((ROOT / "nbs" / "tutorials").glob("*.ipynb"))
+LESSONS = [p for p in NOTEBOOKS if p.name != "index.ipynb"]
+
+
+def _code(nb: Path) -> list[str]:
+    return ["".join(c["source"]) for c in json.loads(nb.read_text(encoding="utf-8"))["cells"] if c["cell_type"] == "code"]
+
+
+def test_every_notebook_has_the_same_install_cell():
+    first = {nb: next((s.strip() for s in _code(nb) if not s.strip().startswith("#| default_exp")), "") for nb in LESSONS}
+    wrong = [str(nb.relative_to(ROOT)) for nb, cell in first.items() if cell != INSTALL_CELL]
+    assert not wrong, f"the first code cell (after `#| default_exp`) must be the common install cell:\n{INSTALL_CELL}\nin: " + ", ".join(wrong)
+
+
+def test_notebooks_read_no_clone_only_paths():
+    "On Colab only the installed package exists: a `../configs/x.yaml` or `../gpt_finetune/assets` path fails there."
+    clone_only = re.compile(r"""["'](?:\.\./)+[\w.-]|["']\.\.["']""")
+    found = [f"{nb.relative_to(ROOT)}: {line.strip()}" for nb in NOTEBOOKS for src in _code(nb) for line in src.splitlines() if clone_only.search(line)]
+    assert not found, "paths outside the notebooks' folder exist only in a clone (use package data or write the file in the cell):\n" + "\n".join(found)
+
+
+def test_readme_links_resolve():
+    for target in re.findall(r"\]\(([^)#\s]+)", (ROOT / "README.md").read_text(encoding="utf-8")):
+        if not re.match(r"[a-z]+:", target): assert (ROOT / target).exists(), f"README.md links to a missing file: {target}"
+
+
+def test_readme_links_follow_the_docs_site_layout():
+    "index.ipynb may link relative to nbs/ (as the docs site needs); README.md, one folder up, gets them under nbs/."
+    tutorials = [f"tutorials/{p.name}" for p in sorted((ROOT / "nbs" / "tutorials").glob("*.ipynb"))]
+    md = " ".join(f"[t]({t})" for t in tutorials) + " [d](00_data.ipynb#load) [r](nbs/00_data.ipynb) [w](https://nbdev.fast.ai) [q](#quick-start) [m](nope.ipynb)"
+    want = " ".join(f"[t](nbs/{t})" for t in tutorials) + " [d](nbs/00_data.ipynb#load) [r](nbs/00_data.ipynb) [w](https://nbdev.fast.ai) [q](#quick-start) [m](nope.ipynb)"
+    assert readme._root_links(md, ROOT / "nbs") == want

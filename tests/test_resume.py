@@ -1,10 +1,13 @@
 """Kill a real training process with SIGKILL after a checkpoint, resume it, and get the uninterrupted run's model;
-resuming from nothing, a corrupt checkpoint or another model's checkpoint is a one-line error that writes nothing."""
+resuming from nothing, a corrupt checkpoint, another model's or another run's checkpoint is a one-line error that
+writes nothing. Early stopping keeps the best weights in memory (no checkpoint per evaluation), and a successful
+run deletes its checkpoints unless asked to keep them."""
 import json, shutil, signal, subprocess, sys, time
 from pathlib import Path
 
 import pytest
 import torch
+from transformers import TrainerCallback
 
 from conftest import run_cli
 from gpt_finetune.cli import main
@@ -64,7 +67,7 @@ def test_kill_and_resume_equals_uninterrupted(uninterrupted, tmp_path):
 
 def _run_args(data, model, out, *extra):
     return ("run", "--data", data, "--model", model, "--output-dir", out, "--epochs", 1, "--max-new-tokens", 4,
-            "--eval-every", 0, "--save-every", 2, "--precision", "fp32", *extra)
+            "--eval-every", 0, "--save-every", 2, "--precision", "fp32", "--keep-checkpoints", *extra)
 
 
 def _snapshot(folder: Path) -> dict:
@@ -130,3 +133,103 @@ def test_cli_resume_continues_a_run(trained_run, tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     train = json.loads((out / "metrics.json").read_text())["train"]
     assert train["resumed_from"] == int(ckpts[-2].name.split("-")[1]) and train["steps"] == int(ckpts[-1].name.split("-")[1])
+
+
+def _tiny_run(out, ds, valid=None, callbacks=None, resume=None, **kw):
+    from gpt_finetune.model import tiny_model
+    from gpt_finetune.train import TrainConfig, finetune
+    model, tok = tiny_model("llama")
+    cfg = TrainConfig(**{"output_dir": str(out), "epochs": 2, "batch_size": 4, "learning_rate": 3e-3, "log_every": 1, "warmup": 0,
+                         "progress": False, "precision": "fp32", "seed": 7, "eval_every": 0, "save_every": 2, **kw})
+    return model, finetune(model, tok, ds, valid, cfg, callbacks=callbacks, resume=resume)
+
+
+@pytest.fixture(scope="module")
+def tiny_data():
+    from gpt_finetune.data import default_data_path, tokenize_records
+    from gpt_finetune.formats import load_records
+    from gpt_finetune.model import tiny_model
+    _, tok = tiny_model("llama")
+    records = load_records(default_data_path()).records
+    return tokenize_records(records[:16], tok), tokenize_records(records[16:24], tok)
+
+
+class _Saves(TrainerCallback):
+    "Counts checkpoint saves and keeps a copy of the weights after every evaluation."
+    def __init__(self): self.saves, self.weights = 0, {}
+    def on_save(self, args, state, control, **kw): self.saves += 1
+    def on_evaluate(self, args, state, control, model=None, **kw):
+        self.weights[state.global_step] = {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def test_early_stopping_keeps_best_weights_in_memory(tiny_data, tmp_path):
+    train, valid = tiny_data
+    seen = _Saves()
+    model, stats = _tiny_run(tmp_path, train, valid, [seen], epochs=30, eval_every=2, early_stopping=2, save_every=0,
+                             learning_rate=2e-2)
+    losses = dict(stats["history"].valid)
+    assert seen.saves == 0 and not list(tmp_path.glob("checkpoint-*"))  # no checkpoint per evaluation
+    assert stats["steps"] < 30 * 4 and stats["best_step"] == min(losses, key=losses.get) < stats["steps"]
+    assert stats["final_eval_loss"] == pytest.approx(min(losses.values()))
+    for n, p in model.named_parameters(): assert torch.equal(p, seen.weights[stats["best_step"]][n]), n  # best put back
+    assert stats["eval_s"] > 0 and stats["checkpoint_s"] == 0 and stats["train_s"] > 0
+    assert stats["train_s"] + stats["eval_s"] <= stats["runtime_s"] + 0.5
+
+
+def test_checkpoints_removed_after_success_unless_kept(tiny_data, tmp_path):
+    train, _ = tiny_data
+    _, stats = _tiny_run(tmp_path / "default", train)
+    assert not list((tmp_path / "default").glob("checkpoint-*")) and stats["checkpoint_bytes_freed"] > 0
+    assert stats["checkpoint_s"] > 0  # it did write them (every 2 steps) while training
+    _, stats = _tiny_run(tmp_path / "kept", train, keep_checkpoints=True)
+    assert sorted(int(p.name.split("-")[1]) for p in (tmp_path / "kept").glob("checkpoint-*")) == [6, 8]  # save_limit 2
+    assert stats["checkpoint_bytes_freed"] == 0
+
+
+class _Crash(TrainerCallback):
+    def __init__(self, at): self.at = at
+    def on_step_end(self, args, state, control, **kw):
+        if state.global_step == self.at: raise KeyboardInterrupt("killed")
+
+
+def test_resume_never_picks_an_earlier_runs_checkpoint(tiny_data, tmp_path):
+    from gpt_finetune.train import CheckpointError, find_checkpoint
+    train, _ = tiny_data
+    _tiny_run(tmp_path, train, keep_checkpoints=True, save_limit=0)  # an earlier run left checkpoints 2..8
+    with pytest.raises(KeyboardInterrupt): _tiny_run(tmp_path, train, callbacks=[_Crash(3)], save_limit=0)  # this run died at step 3
+    assert find_checkpoint(tmp_path).name == "checkpoint-2"  # its own, not the earlier run's checkpoint-8
+    _, stats = _tiny_run(tmp_path, train, resume=True)
+    assert stats["resumed_from"] == 2 and stats["steps"] == 8
+    earlier = _earlier(tmp_path, train)
+    with pytest.raises(KeyboardInterrupt): _tiny_run(tmp_path / "b", train, callbacks=[_Crash(1)])  # died before its first checkpoint
+    shutil.copytree(earlier, tmp_path / "b" / "checkpoint-8")  # an earlier run's checkpoint in the same folder
+    with pytest.raises(CheckpointError, match="left by an earlier run") as e: find_checkpoint(tmp_path / "b")
+    assert "\n" not in str(e.value)
+
+
+def _earlier(tmp_path, train) -> Path:
+    _tiny_run(tmp_path / "earlier", train, keep_checkpoints=True)
+    return tmp_path / "earlier" / "checkpoint-8"
+
+
+def test_resume_from_another_runs_checkpoint_is_one_line(tiny_data, tmp_path):
+    from gpt_finetune.train import CheckpointError
+    train, _ = tiny_data
+    _tiny_run(tmp_path / "a", train, keep_checkpoints=True)
+    with pytest.raises(KeyboardInterrupt): _tiny_run(tmp_path / "b", train, callbacks=[_Crash(1)])
+    before = _snapshot(tmp_path / "b")
+    with pytest.raises(CheckpointError, match="made by another run") as e:
+        _tiny_run(tmp_path / "b", train, resume=str(tmp_path / "a" / "checkpoint-8"))
+    assert "\n" not in str(e.value) and _snapshot(tmp_path / "b") == before
+
+
+def test_bf16_weights_run_resumes_exactly(tiny_data, tmp_path):
+    "bf16 weights with float32 master weights: the masters travel in the checkpoint, so a resumed run is bit-identical."
+    train, _ = tiny_data
+    bf16 = dict(precision="bf16", bf16_weights="on")
+    full, stats = _tiny_run(tmp_path / "full", train, **bf16)
+    assert stats["bf16_weights"]
+    with pytest.raises(KeyboardInterrupt): _tiny_run(tmp_path / "cut", train, callbacks=[_Crash(5)], **bf16)
+    resumed, stats = _tiny_run(tmp_path / "cut", train, resume=True, **bf16)
+    assert stats["resumed_from"] == 4 and stats["steps"] == 8
+    for (n, a), b in zip(full.named_parameters(), resumed.parameters()): assert torch.equal(a, b), n

@@ -1,5 +1,5 @@
 """`gpt-finetune sweep` on a tiny model: one folder per run, runs ranked by validation loss, a plot and a table;
-rerunning skips finished runs and finishes an interrupted one."""
+rerunning skips finished runs and finishes an unfinished one from its checkpoint."""
 import json
 
 from conftest import run_cli
@@ -14,7 +14,8 @@ def test_sweep_ranks_plots_and_resumes(tmp_path, monkeypatch, capsys):
     data, out = tmp_path / "pairs.json", tmp_path / "sweep"
     data.write_text(json.dumps([{"input": f"What is {i} plus {i}?", "output": f"It is {2 * i}."} for i in range(40)]))
     args = ["sweep", "--data", data, "--model", llama, "--output-dir", out, "--lr-grid", "3e-4,3e-3", "--epochs-grid", "2",
-            "--lora-r-grid", "0,4", "--eval-every", 2, "--log-every", 2, "--batch-size", 8, "--precision", "fp32"]
+            "--lora-r-grid", "0,4", "--eval-every", 2, "--log-every", 2, "--batch-size", 8, "--precision", "fp32",
+            "--keep-checkpoints"]  # a finished run deletes its checkpoints unless asked to keep them
     res = run_cli(*args)
     assert res.returncode == 0, res.stderr[-3000:]
     names = ["lr0.0003-ep2-r0", "lr0.0003-ep2-r4", "lr0.003-ep2-r0", "lr0.003-ep2-r4"]

@@ -9,7 +9,8 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
-from gpt_finetune.data import default_data_path, load_pairs, tokenize_records
+from gpt_finetune.data import default_data_path, tokenize_records
+from gpt_finetune.formats import load_records
 from gpt_finetune.model import tiny_model
 from gpt_finetune.train import TrainConfig, finetune
 
@@ -44,7 +45,7 @@ def main():
     a = p.parse_args()
     out, rank = Path(a.out), int(os.environ.get("RANK", 0))
     model, tok = tiny_model("llama")
-    ds = tokenize_records(load_pairs(default_data_path())[:48], tok)
+    ds = tokenize_records(load_records(default_data_path()).records[:48], tok)
     cfg = TrainConfig(output_dir=str(out / "checkpoints"), epochs=a.epochs, batch_size=a.batch_size, learning_rate=3e-3,
                       eval_every=0, log_every=1, precision="fp32", save_every=a.save_every, save_limit=3, seed=7)
     log = StepLog(model, ds, out / f"steps-rank{rank}.jsonl", a.sleep)

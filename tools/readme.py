@@ -1,10 +1,12 @@
 """Render nbs/index.ipynb as README.md without Quarto (which cannot be installed offline).
 
 Markdown cells are copied; code cells become ```python blocks followed by their text output.
-Cells marked `#| hide` are left out and `#|` directive lines are dropped, as nbdev does.
+Cells marked `#| hide` are left out and `#|` directive lines are dropped, as nbdev does. Links may be written
+relative to the notebook (`tutorials/01_x.ipynb`, as the docs site needs them): README.md gets them relative to the
+repository root (`nbs/tutorials/01_x.ipynb`).
 Run `python tools/readme.py` to write README.md, or `--check` to fail when it is out of date.
 """
-import json, sys
+import json, re, sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,9 +33,19 @@ def _code_cell(cell) -> str:
     return block + (f"\n\n```\n{out}\n```" if out else "")
 
 
+def _root_links(md: str, nb_dir: Path) -> str:
+    "Links written relative to the notebook (`tutorials/x.ipynb`, right on the docs site) made relative to the repository root."
+    def fix(m):
+        target = m.group(2)
+        if re.match(r"[a-z][\w+.-]*:|[/#]", target) or (ROOT / target).exists() or not (nb_dir / target.split("#")[0]).exists(): return m.group(0)
+        return m.group(1) + (nb_dir / target).relative_to(ROOT).as_posix() + ")"
+    return re.sub(r"(\]\()([^)\s]+)\)", fix, md)
+
+
 def render(nb_path: Path = ROOT / "nbs" / "index.ipynb") -> str:
     nb = json.loads(nb_path.read_text(encoding="utf-8"))
-    parts = [_text(c["source"]).strip("\n") if c["cell_type"] == "markdown" else _code_cell(c) for c in nb["cells"]]
+    parts = [_root_links(_text(c["source"]).strip("\n"), nb_path.parent) if c["cell_type"] == "markdown" else _code_cell(c)
+             for c in nb["cells"]]
     head = "<!-- Generated from nbs/index.ipynb by tools/readme.py: edit the notebook, not this file. -->\n\n"
     return head + "\n\n".join(p for p in parts if p) + "\n"
 

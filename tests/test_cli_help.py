@@ -1,0 +1,82 @@
+"""The `gpt-finetune` command line: every help screen works and is quick, choices are enforced, and the
+option dataclasses the CLI restates (to keep torch out of `--help`) agree with the ones the library uses."""
+import argparse, json, subprocess, sys
+from dataclasses import MISSING, fields
+
+import pytest
+
+from conftest import run_cli
+from gpt_finetune import __version__
+from gpt_finetune.cli import COMMANDS, ServeOptions, SweepOptions, build_parser
+from gpt_finetune.job import TrainOptions
+
+
+@pytest.mark.parametrize("command", [None, *COMMANDS])
+def test_every_help_screen_works(command):
+    res = run_cli(*([command] if command else []), "--help", timeout=60)
+    assert res.returncode == 0 and res.stdout.startswith("usage: gpt-finetune"), res.stderr[-2000:]
+    assert "Traceback" not in res.stderr
+
+
+def test_cli_module_imports_nothing_heavy():
+    code = ("import sys, gpt_finetune.cli, gpt_finetune.job; "
+            "print([m for m in ('torch', 'transformers', 'fastapi', 'datasets') if m in sys.modules])")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0 and res.stdout.strip() == "[]", res.stdout + res.stderr
+
+
+def test_enumerated_options_refuse_other_values():
+    res = run_cli("run", "--precision", "bf17", timeout=60)
+    assert res.returncode == 2 and "argument --precision: invalid choice: 'bf17'" in res.stderr
+    for flag, bad in (("--report-to", "tensorbored"), ("--quantize", "3"), ("--too-long", "cut"), ("--device", "tpu")):
+        assert run_cli("run", flag, bad, timeout=60).returncode == 2, flag
+    assert "invalid choice: 'q4'" in run_cli("export", "--model", "m", "--out-type", "q4", timeout=60).stderr
+
+
+def test_version():
+    res = run_cli("--version", timeout=60)
+    assert res.returncode == 0 and res.stdout.strip() == f"gpt-finetune {__version__}"
+
+
+def _help_lines(parser):
+    fmt = parser._get_formatter()
+    return {a.option_strings[0]: fmt._expand_help(a) for a in parser._actions if a.option_strings and a.help}
+
+
+def test_each_default_shown_once_and_flags_exist():
+    parser = build_parser()
+    for name, sub in parser.commands.items():
+        for flag, text in _help_lines(sub).items():
+            assert text.count("default") <= 1, (name, flag, text)
+    run = _help_lines(parser.commands["run"])
+    for flag in ("--trust-remote-code", "--allow-pickle", "--config", "--report-to", "--quantize", "--adapter-only",
+                 "--push-to-hub", "--overwrite", "--keep-checkpoints", "--reuse-baseline", "--data", "--resume"):
+        assert flag in run, flag
+    assert "(default: 5e-05)" in run["--learning-rate"] and "OUTPUT_DIR/checkpoints" in run["--save-every"]
+    assert "checkpoints" in run["--output-dir"] and "config.yaml" in run["--output-dir"]
+    assert {"--system", "--temperature", "--max-tokens", "--model"} <= set(_help_lines(parser.commands["chat"]))
+    assert "--api-key" not in _help_lines(parser.commands["serve"])  # visible to everyone in `ps`: the key comes from the environment
+    assert "--learning-rate" not in _help_lines(parser.commands["sweep"])  # swept
+
+
+def _defaults(cls):
+    return {f.name: f.default if f.default is not MISSING else f.default_factory() for f in fields(cls)}
+
+
+@pytest.mark.parametrize("mirror, source, left_out, added", [
+    (TrainOptions, "gpt_finetune.train.TrainConfig", {"output_dir"}, {"lora", "lora_r", "quantize"}),
+    (ServeOptions, "gpt_finetune.serve.ServeConfig", {"api_key"}, {"model"}),
+    (SweepOptions, "gpt_finetune.scale.SweepGrid", set(), set()),
+])
+def test_restated_options_match_the_library(mirror, source, left_out, added):
+    "The CLI restates these dataclasses so that help needs no torch; a field or default that drifts fails here."
+    module, name = source.rsplit(".", 1)
+    real = _defaults(getattr(__import__(module, fromlist=[name]), name))
+    ours = _defaults(mirror)
+    assert set(ours) - added == set(real) - left_out, source
+    assert {k: ours[k] for k in set(real) - left_out} == {k: real[k] for k in set(real) - left_out}, source
+
+
+def test_clean_options_map_onto_clean_config():
+    from gpt_finetune.clean import CleanConfig
+    assert [f.name for f in fields(CleanConfig)][:3] == ["near_dup_threshold", "conflicts", "min_output_chars"]
