@@ -133,9 +133,7 @@ def _err(rows: list[dict], side: str) -> np.ndarray:
 # %% ../nbs/03a_compare.ipynb #a4797e15
 def plot_comparison(comparison: dict, path: str | Path | None = None):
     "Bars of both models' bounded scores and of the differences, with 95 % error bars; saved to `path` if given."
-    import matplotlib
-    if path is not None: matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # no backend switch: a notebook keeps showing figures inline
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.8))
     keys = [k for k in comparison if METRICS[k].bounds == (0.0, 1.0)]; rows = [comparison[k] for k in keys]; x = np.arange(len(keys))
     for dx, side, label in ((-0.2, "base", "base"), (0.2, "finetuned", "fine-tuned")):
@@ -195,9 +193,7 @@ def overfitting_report(history: LossHistory, # `.train` and `.valid`: lists of (
 # %% ../nbs/03a_compare.ipynb #82120833
 def plot_overfitting(history: LossHistory, path: str | Path | None = None):
     "Training and validation loss with the gap shaded and the best validation step marked; saved to `path` if given."
-    import matplotlib
-    if path is not None: matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # no backend switch: a notebook keeps showing figures inline
     fig, ax = plt.subplots(figsize=(6.5, 3.8))
     if history.train: ax.plot(*zip(*history.train), label="train loss")
     if history.valid:

@@ -192,9 +192,7 @@ def safe_exp(x: float) -> float:
 # %% ../nbs/02_train.ipynb #462bee7e
 def plot_losses(history: LossHistory, path: str | Path | None = None):
     "Training and validation loss, and validation perplexity, over steps; saved to `path` if given."
-    import matplotlib
-    if path is not None: matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # no backend switch: a notebook keeps showing figures inline
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.5))
     if history.train: ax1.plot(*zip(*history.train), label="train loss")
     if history.valid: ax1.plot(*zip(*history.valid), "o-", label="validation loss")

@@ -1,7 +1,8 @@
 """Render nbs/index.ipynb as README.md without Quarto (which cannot be installed offline).
 
 Markdown cells are copied; code cells become ```python blocks followed by their text output.
-Cells marked `#| hide` are left out and `#|` directive lines are dropped, as nbdev does. Links may be written
+Cells marked `#| hide` are left out, `#| echo: false` cells show their output alone (Markdown as Markdown), and
+`#|` directive lines are dropped, as nbdev does. Links may be written
 relative to the notebook (`tutorials/01_x.ipynb`, as the docs site needs them): README.md gets them relative to the
 repository root (`nbs/tutorials/01_x.ipynb`).
 Run `python tools/readme.py` to write README.md, or `--check` to fail when it is out of date.
@@ -24,9 +25,15 @@ def _output_text(outputs) -> str:
     return "".join(parts).rstrip("\n")
 
 
+def _markdown_output(outputs) -> str:
+    return "\n".join(_text(o["data"]["text/markdown"]).strip("\n") for o in outputs if "text/markdown" in o.get("data", {}))
+
+
 def _code_cell(cell) -> str:
     lines = _text(cell["source"]).splitlines()
     if any(l.strip() in ("#| hide", "#|hide") for l in lines): return ""
+    if any(l.strip().replace(" ", "") == "#|echo:false" for l in lines):  # the output alone, as Quarto shows it
+        return _markdown_output(cell.get("outputs", [])) or _output_text(cell.get("outputs", []))
     code = "\n".join(l for l in lines if not l.lstrip().startswith("#|")).strip("\n")
     block = f"```python\n{code}\n```" if code else ""
     out = _output_text(cell.get("outputs", []))
