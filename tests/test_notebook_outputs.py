@@ -143,7 +143,8 @@ def executed(tmp_path_factory):
 def test_scrub_rules():
     rules = rn._path_rules(ROOT / "nbs")
     for raw, clean in [(f"{ROOT}/nbs/outputs/run", "outputs/run"), (f"{ROOT}/configs/a.yaml", "../configs/a.yaml"),
-                       (f"{ROOT}2/x", f"{ROOT}2/x"), ("/tmp/tmpab12_cd/model/config.json", "<tmp>/model/config.json"),
+                       *([(f"{ROOT}2/x", f"{ROOT}2/x")] if not str(ROOT).startswith("/tmp/") else []),  # /tmp paths scrub anyway
+                       ("/tmp/tmpab12_cd/model/config.json", "<tmp>/model/config.json"),
                        ("<Foo object at 0x7f3a2b1c0d90>", "<Foo object>"), ("id 0x7f3a2b1c0d90", "id 0x…"), ("0xff", "0xff"),
                        ("saved 2026-11-28 09:26:11.123", "saved <timestamp>"), (f"{Path.home()}/.cache/x", "~/.cache/x"),
                        ("[25/27 03:32 < 00:18, 0.11 it/s, Epoch 2/3]", "[25/27, Epoch 2/3]"), ("[27/27 03:50, Epoch 3/3]", "[27/27, Epoch 3/3]")]:
