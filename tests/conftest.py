@@ -1,6 +1,7 @@
-import subprocess, sys
+import os, subprocess, sys, time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from gpt_finetune.model import tiny_model
@@ -21,3 +22,29 @@ def tiny_dir(request, tmp_path_factory):
     model.save_pretrained(path)
     tok.save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def llama_dir(tmp_path_factory):
+    "A tiny random Llama (chat template), saved as a Hugging Face folder."
+    model, tok = tiny_model("llama")
+    path = tmp_path_factory.mktemp("tiny-llama")
+    model.save_pretrained(path); tok.save_pretrained(path)
+    return path
+
+
+def start_server(code: str, args: list, env: dict, timeout: float = 90):
+    "Run `python -c code *args` as a server process and wait until its /health answers 200; returns (URL, process)."
+    from gpt_finetune.serve import free_port
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-c", code, *map(str, args), str(port)],
+                            env={**os.environ, **env, "OMP_NUM_THREADS": "1"},  # one thread: a tiny model on a shared CPU
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + timeout
+    while True:
+        assert proc.poll() is None, f"the server exited: {proc.stdout.read()}"
+        try:
+            if httpx.get(url + "/health", timeout=1).status_code == 200: return url, proc
+        except httpx.TransportError: pass
+        assert time.monotonic() < deadline, f"the server did not start within {timeout:.0f} s"
+        time.sleep(0.2)

@@ -4,7 +4,6 @@ import json
 import pytest
 
 from conftest import run_cli
-from gpt_finetune.model import tiny_model
 
 
 def _pairs(n=40):
@@ -56,14 +55,6 @@ def test_run_writes_every_output(tiny_dir, tmp_path, monkeypatch):
     gen = run_cli("generate", "--model", out / "model", "--max-tokens", 6, "--temperature", 0, "What is 3 plus 3?")
     assert gen.returncode == 0, gen.stderr[-2000:]
     assert gen.stdout.strip()
-
-
-@pytest.fixture(scope="module")
-def llama_dir(tmp_path_factory):
-    model, tok = tiny_model("llama")
-    path = tmp_path_factory.mktemp("tiny-llama")
-    model.save_pretrained(path); tok.save_pretrained(path)
-    return path
 
 
 def test_base_answers_are_reused(llama_dir, tmp_path, monkeypatch):

@@ -63,15 +63,6 @@ def test_shipped_examples_parse(path):
     if command == "run": assert asdict(cfg)["train"].items() >= values["train"].items()
 
 
-@pytest.fixture(scope="module")
-def llama_dir(tmp_path_factory):
-    from gpt_finetune.model import tiny_model
-    model, tok = tiny_model("llama")
-    path = tmp_path_factory.mktemp("tiny-llama")
-    model.save_pretrained(path); tok.save_pretrained(path)
-    return path
-
-
 def test_run_config_yaml_repeats_the_run(llama_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("GPT_FINETUNE_CACHE", str(tmp_path / "cache"))
     data = tmp_path / "pairs.jsonl"

@@ -7,7 +7,6 @@ from datasets import Dataset, DatasetDict
 from gpt_finetune.cli import main
 from gpt_finetune.data import tiny_tokenizer, tokenize_records
 from gpt_finetune.formats import load_records
-from gpt_finetune.model import tiny_model
 
 QA = [("What is the capital of France?", "Paris."), ("Who wrote Hamlet?", "William Shakespeare."),
       ("How many legs does a spider have?", "Eight."), ("What colour is the sky on a clear day?", "Blue."),
@@ -53,14 +52,6 @@ WRITERS = {  # name: (writer(tmp_path) -> path, expected format, extra CLI optio
     "trl_text": (lambda d: _jsonl(d / "a.jsonl", [{"text": f"{q} {a}"} for q, a in QA]), "text", []),
     "saved_dataset": (lambda d: Dataset.from_list([{"input": q, "output": a} for q, a in QA]).save_to_disk(d / "ds") or d / "ds", "pairs", []),
 }
-
-
-@pytest.fixture(scope="module")
-def llama_dir(tmp_path_factory):
-    model, tok = tiny_model("llama")
-    path = tmp_path_factory.mktemp("tiny-llama")
-    model.save_pretrained(path); tok.save_pretrained(path)
-    return path
 
 
 @pytest.mark.parametrize("name", sorted(WRITERS))

@@ -1,5 +1,5 @@
 "The OpenAI-compatible server on tiny saved models, used by real clients: the API, its protections, and its failures."
-import asyncio, json, os, socket, subprocess, sys, time
+import asyncio, json, socket, time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx, openai, psutil, pytest, torch
@@ -8,10 +8,10 @@ from gpt_finetune.data import encode_prompts
 from gpt_finetune.deploy import save_model
 from gpt_finetune.evaluation import generate_texts
 from gpt_finetune.model import tiny_model
-from gpt_finetune.serve import API_KEY_ENV, BackgroundServer, Guard, ServeConfig, create_app, free_port
+from gpt_finetune.serve import API_KEY_ENV, BackgroundServer, Guard, ServeConfig, create_app
 from gpt_finetune.worker import BatchWorker, Finish, Job
 
-from conftest import run_cli
+from conftest import run_cli, start_server
 
 KEY, CAP = "sk-test-key", 32
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -33,17 +33,7 @@ def server(tmp_path_factory):
     "A server process on a tiny model saved with `save_model`, its key in the environment only; yields (URL, process)."
     model, tok = tiny_model("llama")
     folder = save_model(model, tok, tmp_path_factory.mktemp("served") / "tiny", base_model="tiny-llama")
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-c", SERVE.format(cap=CAP), str(folder), str(port)], env={**os.environ, API_KEY_ENV: KEY, "OMP_NUM_THREADS": "1"},  # one thread: a tiny model on a shared CPU
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 90
-    while True:
-        assert proc.poll() is None, f"the server exited: {proc.stdout.read()}"
-        try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200: break
-        except httpx.TransportError: pass
-        assert time.monotonic() < deadline, "the server did not start within 90 s"
-        time.sleep(0.2)
+    url, proc = start_server(SERVE.format(cap=CAP), [folder], {API_KEY_ENV: KEY})
     yield url, proc
     proc.terminate()
     proc.wait(timeout=30)

@@ -2,13 +2,15 @@
 disconnect mid-request. No hang, no crash, every request answered 200 or 429/503, memory back near its baseline.
 
 Run with `-s` to see the figures (requests/s, p50/p95 latency, error counts)."""
-import asyncio, os, statistics, subprocess, sys, time
+import asyncio, statistics, time
 
 import httpx, psutil, pytest
 
 from gpt_finetune.deploy import save_model
 from gpt_finetune.model import tiny_model
-from gpt_finetune.serve import API_KEY_ENV, free_port
+from gpt_finetune.serve import API_KEY_ENV
+
+from conftest import start_server
 
 CLIENTS, MAX_QUEUE, LEAVERS, STAYERS, ROUNDS = 200, 16, 40, 16, 2
 KEY = "sk-load"
@@ -20,17 +22,7 @@ SERVE = ("import sys; from gpt_finetune.serve import ServeConfig, serve; "
 def server(tmp_path_factory):
     model, tok = tiny_model("llama")
     folder = save_model(model, tok, tmp_path_factory.mktemp("load") / "tiny", base_model="tiny-llama")
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-c", SERVE, str(folder), str(port)], env={**os.environ, API_KEY_ENV: KEY, "OMP_NUM_THREADS": "1"},  # one thread: a tiny model on a shared CPU
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 90
-    while True:
-        assert proc.poll() is None, f"the server exited: {proc.stdout.read()}"
-        try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200: break
-        except httpx.TransportError: pass
-        assert time.monotonic() < deadline, "the server did not start within 90 s"
-        time.sleep(0.2)
+    url, proc = start_server(SERVE, [folder], {API_KEY_ENV: KEY})
     yield url, proc
     proc.terminate()
     proc.wait(timeout=30)

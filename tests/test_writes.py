@@ -6,15 +6,6 @@ import pytest
 
 from conftest import run_cli
 from gpt_finetune.cli import main
-from gpt_finetune.model import tiny_model
-
-
-@pytest.fixture(scope="module")
-def llama_dir(tmp_path_factory):
-    model, tok = tiny_model("llama")
-    path = tmp_path_factory.mktemp("tiny-llama")
-    model.save_pretrained(path); tok.save_pretrained(path)
-    return path
 
 
 @pytest.fixture(scope="module")
