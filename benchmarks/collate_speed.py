@@ -15,7 +15,8 @@ def main():
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--batch-size", type=int, default=8)
     args = ap.parse_args()
-    from gpt_finetune.cli import RunConfig, load_data, tokenize_splits
+    from gpt_finetune.job import load_data, tokenize_splits
+    from gpt_finetune.options import RunConfig
     from gpt_finetune.data import PackedCollator, PaddedCollator, length_grouped_batches
     from gpt_finetune.model import load_model, quiet_progress_bars
     from gpt_finetune.train import answer_loss_sum

@@ -56,7 +56,8 @@ import importlib.util, sys, tempfile, time, torch
 from gpt_finetune.data import default_data_path, tokenize_records
 from gpt_finetune.formats import load_records
 from gpt_finetune.model import ModelError, add_lora, load_model
-from gpt_finetune.train import TrainConfig, finetune
+from gpt_finetune.options import TrainConfig
+from gpt_finetune.train import finetune
 if not torch.cuda.is_available() or importlib.util.find_spec("bitsandbytes") is None:
     try: load_model(quantize=4); sys.exit("expected a one-line refusal without a GPU or bitsandbytes")
     except ModelError as e: print(f"skipped, as expected here: {e}"); sys.exit(0)

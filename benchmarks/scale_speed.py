@@ -31,7 +31,8 @@ def _setup(model_name: str, n: int):
 
 
 def checkpoint(a):
-    from gpt_finetune.train import TrainConfig, finetune
+    from gpt_finetune.options import TrainConfig
+    from gpt_finetune.train import finetune
     model, tok, ds = _setup(a.model, 8 * a.steps)
     out = Path(tempfile.mkdtemp())
     timer = Timer()
@@ -50,7 +51,8 @@ def checkpoint(a):
 
 def _worker(a):
     "One process of the `processes` benchmark (under torchrun when 2): train `steps` steps, rank 0 prints JSON."
-    from gpt_finetune.train import TrainConfig, finetune
+    from gpt_finetune.options import TrainConfig
+    from gpt_finetune.train import finetune
     model, tok, ds = _setup(a.model, 8 * a.steps)
     timer = Timer()
     cfg = TrainConfig(output_dir=tempfile.mkdtemp(), epochs=1, batch_size=a.batch_size, eval_every=0, log_every=1,

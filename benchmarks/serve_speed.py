@@ -45,7 +45,8 @@ def run_pipeline(model, tok, qs: list[str], max_tokens: int) -> tuple[float, lis
 def run_server(model, tok, qs: list[str], max_tokens: int, clients: int) -> tuple[float, list[str], tuple[int, int]]:
     "The server with `clients` concurrent openai clients; returns `(seconds, answers, (batches, rows))`."
     import openai
-    from gpt_finetune.serve import BackgroundServer, ServeConfig, create_app
+    from gpt_finetune.options import ServeConfig
+    from gpt_finetune.serve import BackgroundServer, create_app
     app = create_app(model, tok, ServeConfig(name="default", max_tokens_cap=max_tokens, max_batch=clients))
     with BackgroundServer(app) as srv:
         client = openai.OpenAI(base_url=srv.url + "/v1", api_key="none", max_retries=0, timeout=600)

@@ -39,7 +39,7 @@ def batches(tok, n: int, size: int):
 class Setup:
     "One way to run a training step: its model, optimizer and per-step function."
     def __init__(self, name: str, model):
-        from gpt_finetune.train import Bf16AdamW
+        from gpt_finetune.speed import Bf16AdamW
         self.name, self.autocast, self.seconds, self.tokens = name, name in ("autocast", "batch16", "threads1"), 0.0, 0
         if name == "bf16_master": self.model, self.opt = model.to(torch.bfloat16), Bf16AdamW(model.parameters(), lr=5e-5)
         elif name == "bf16_sr": self.model, self.opt = model.to(torch.bfloat16), Bf16AdamW(model.parameters(), lr=5e-5, master_weights=False)

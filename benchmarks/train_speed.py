@@ -113,7 +113,8 @@ def run_setup(name: str, quick: bool, model_name: str | None) -> dict:
     ours, valid_ds = tokenize_records(train, tok), tokenize_records(valid, tok)
     out = tempfile.mkdtemp(prefix=f"bench-{name}-")
     if name == "gpt_finetune":
-        from gpt_finetune.train import TrainConfig, finetune
+        from gpt_finetune.options import TrainConfig
+        from gpt_finetune.train import finetune
         stats = finetune(model, tok, ours, None, TrainConfig(output_dir=out, epochs=EPOCHS, eval_every=0, log_every=10,
                                                              batch_size=BATCH, learning_rate=LR, progress=False))
         seconds = stats["runtime_s"]

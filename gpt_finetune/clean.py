@@ -4,7 +4,7 @@
 
 # %% ../nbs/00b_clean.ipynb #7ab9c0a1
 from __future__ import annotations
-import json, re, unicodedata
+import re, unicodedata
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path

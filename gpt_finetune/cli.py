@@ -4,19 +4,19 @@
 
 # %% ../nbs/05_cli.ipynb #53ed9ce8
 from __future__ import annotations
-import argparse, json, os, sys
+import argparse, json, sys
 from collections import Counter
-from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 
 from . import __version__
-from .job import (
-    CleanOptions, DataOptions, EvalOptions, ModelOptions, OutputOptions, RunConfig, TrainOptions, UsageError,
-    baseline_evaluation, human_size, load_data, load_model_from, option, prepare_job, read_records, run_job, timed,
-    tokenize_splits, train_config, write_jsonl)
+from .options import (DataOptions, CleanOptions, EvalOptions, ModelOptions, OutputOptions, RunConfig,
+                                  ServeConfig, SweepGrid, TrainConfig, option)
+from .job import (UsageError, baseline_evaluation, human_size, load_data, load_model_from, prepare_job,
+                              read_records, run_job, timed, tokenize_splits, write_jsonl)
 
 # %% auto #0
-__all__ = ['PREPARE_OPTIONS', 'SWEPT', 'COMMANDS', 'ChatConfig', 'ExportConfig', 'ServeOptions', 'SweepOptions', 'SweepConfig',
+__all__ = ['PLACED', 'PREPARE_OPTIONS', 'SWEPT', 'COMMANDS', 'ChatConfig', 'ExportConfig', 'ServeCommand', 'SweepConfig',
            'data_report_text', 'EvalConfig', 'load_eval_records', 'evaluate_job', 'config_from', 'config_args',
            'chat_repl', 'build_parser', 'parse_args', 'main']
 
@@ -41,37 +41,20 @@ class ExportConfig:
 
 # %% ../nbs/05_cli.ipynb #d24a73de
 @dataclass
-class ServeOptions:
-    "`gpt-finetune serve`: the fields of `serve.ServeConfig` but the API key, and the model folder it serves."
+class ServeCommand:
+    "`gpt-finetune serve`: a saved model folder and the server's settings (all but the API key)."
     model: ModelOptions = field(default_factory=ModelOptions)
-    host: str = option("127.0.0.1", "address to bind; 0.0.0.0 exposes the server to the network (set an API key then)")
-    port: int = option(8000, "TCP port to listen on")
-    name: str | None = option(None, "model id that clients send (default: the model folder's name)")
-    max_tokens_cap: int = option(512, "the most new tokens one request may ask for")
-    max_input_tokens: int = option(4096, "the longest prompt accepted, in tokens (the model's context caps it too)")
-    max_batch: int = option(16, "the most requests generated together in one batch")
-    max_batch_tokens: int = option(16384, "token budget of one batch: rows x (longest prompt + largest max_tokens)")
-    window_ms: float = option(50.0, "how long a request waits for others to join its batch, in milliseconds")
-    max_queue: int = option(64, "requests waiting for the model beyond this get 429 with a Retry-After header")
-    max_body_bytes: int = option(1_000_000, "request bodies larger than this get 413 (the bytes received are counted)")
+    serve: ServeConfig = field(default_factory=ServeConfig)
 
 # %% ../nbs/05_cli.ipynb #2294896e
-@dataclass
-class SweepOptions:
-    "The settings a sweep tries: the fields of `scale.SweepGrid`."
-    lr_grid: str = option("5e-5,2e-4", "learning rates to try")
-    epochs_grid: str = option("1,2", "epoch counts to try")
-    lora_r_grid: str = option("0,8", "LoRA ranks to try (0: train all weights)")
-    samples: int = option(0, "combinations to draw at random from the grid (0: all of them)")
-
 @dataclass
 class SweepConfig:
     "`gpt-finetune sweep`: the run's groups (without the swept settings) and the grid."
     data: DataOptions = field(default_factory=DataOptions)
     clean: CleanOptions = field(default_factory=CleanOptions)
     model: ModelOptions = field(default_factory=ModelOptions)
-    train: TrainOptions = field(default_factory=TrainOptions)
-    grid: SweepOptions = field(default_factory=SweepOptions)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    grid: SweepGrid = field(default_factory=SweepGrid)
     output: OutputOptions = field(default_factory=lambda: OutputOptions("outputs/sweep"))
 
 # %% ../nbs/05_cli.ipynb #7bbf3fa3
@@ -273,7 +256,7 @@ def _evaluate(cfg: EvalConfig) -> int:
 # %% ../nbs/05_cli.ipynb #867cda1c
 def _loaded_for_chat(m: ModelOptions):
     from gpt_finetune.deploy import load_for_inference
-    return load_for_inference(m.name)
+    return load_for_inference(m.name, m.trust_remote_code, m.allow_pickle)
 
 def _generate(cfg: ChatConfig, question: list[str]) -> int:
     from gpt_finetune.deploy import chat
@@ -290,12 +273,11 @@ def _chat(cfg: ChatConfig) -> int:
     return 0
 
 # %% ../nbs/05_cli.ipynb #37109714
-def _serve(cfg: ServeOptions) -> int:
+def _serve(cfg: ServeCommand) -> int:
     try: from gpt_finetune.serve import serve
     except ModuleNotFoundError as e:
         raise UsageError(f"serving needs {e.name}: pip install 'gpt_finetune[serve]'") from None
-    from gpt_finetune.serve import ServeConfig
-    serve(cfg.model.name, ServeConfig(**{k: v for k, v in asdict(cfg).items() if k != "model"}))
+    serve(cfg.model.name, cfg.serve, cfg.model.trust_remote_code, cfg.model.allow_pickle)
     return 0
 
 def _export(cfg: ExportConfig) -> int:
@@ -309,37 +291,38 @@ def _export(cfg: ExportConfig) -> int:
 # %% ../nbs/05_cli.ipynb #d262537c
 def _sweep(cfg: SweepConfig) -> int:
     from gpt_finetune.data import DataError
-    from gpt_finetune.scale import SweepGrid, plot_sweep, sweep, sweep_runs, sweep_table
-    run = RunConfig(cfg.data, cfg.clean, cfg.model, cfg.train, EvalOptions(), cfg.output)
+    from gpt_finetune.scale import plot_sweep, sweep, sweep_runs, sweep_table
+    run = RunConfig(cfg.data, cfg.clean, cfg.model, cfg.train, output=cfg.output)
     splits, dropped, data = load_data(run)
     model, tok = load_model_from(cfg.model)
     splits, dss, dropped, data = tokenize_splits(run, splits, dropped, data, tok)
     if not len(dss["validation"]): raise DataError(f"{data['source']}: no validation records to rank the runs by")
     fresh, out = [model], Path(cfg.output.output_dir)  # the first run trains the model already loaded
-    results = sweep(lambda: fresh.pop() if fresh else load_model_from(cfg.model)[0], tok, dss["train"], dss["validation"],
-                    train_config(cfg.train, out), sweep_runs(SweepGrid(**asdict(cfg.grid)), cfg.train.seed), out)
+    results = sweep(lambda: fresh.pop() if fresh else load_model_from(cfg.model)[0], tok, dss["train"],
+                    dss["validation"], cfg.train, sweep_runs(cfg.grid, cfg.train.seed), out)
     (out / "sweep.md").write_text(sweep_table(results) + "\n"); plot_sweep(results, out / "sweep.png")
     print(sweep_table(results))
     print(f"best: {results[0]['name']}; table {out}/sweep.md, plot {out}/sweep.png, one folder per run in {out}/")
     return 0
 
 # %% ../nbs/05_cli.ipynb #162f01ee
+PLACED = ("train.output_dir",)  # the trainer's folder: a run and a sweep place it inside their own
 PREPARE_OPTIONS = ("data", "clean", "model", "output.output_dir", "train.seed", "train.epochs")
-SWEPT = ("train.learning_rate", "train.epochs", "train.lora", "train.lora_r", "train.resume", "train.quantize",
-         "output.overwrite", "output.adapter_only", "output.push_to_hub")  # set per run, or unused by a sweep
-_MODEL, _SAVED = ("model.name",), ("model.trust_remote_code", "model.allow_pickle")  # a saved folder is safetensors
+SWEPT = PLACED + ("train.learning_rate", "train.epochs", "train.resume", "output.overwrite", "output.adapter_only",
+                  "output.push_to_hub")  # set per run, or unused by a sweep
+_MODEL = ("model.name",)
 
 COMMANDS = {  # name: (help, config, command, parser options)
-    "run": ("the main job: evaluate the base model, fine-tune, evaluate again, save", RunConfig, _run, {}),
+    "run": ("the main job: evaluate the base model, fine-tune, evaluate again, save", RunConfig, _run,
+            {"skip": PLACED}),
     "prepare": ("validate, clean, split and tokenize the data; print and write the data report", RunConfig, _prepare,
                 {"keep": PREPARE_OPTIONS}),
     "evaluate": ("score a model on a test file, optionally against a baseline, and write a report", EvalConfig,
                  _evaluate, {"required": _MODEL + ("data",)}),
-    "generate": ("answer one question with a saved model", ChatConfig, _generate, {"required": _MODEL, "skip": _SAVED}),
-    "chat": ("chat with a saved model in the terminal, answers streamed", ChatConfig, _chat,
-             {"required": _MODEL, "skip": _SAVED}),
-    "serve": ("serve a saved model with an OpenAI-compatible HTTP API (key: $GPT_FINETUNE_API_KEY)", ServeOptions,
-              _serve, {"required": _MODEL, "skip": _SAVED}),
+    "generate": ("answer one question with a saved model", ChatConfig, _generate, {"required": _MODEL}),
+    "chat": ("chat with a saved model in the terminal, answers streamed", ChatConfig, _chat, {"required": _MODEL}),
+    "serve": ("serve a saved model with an OpenAI-compatible HTTP API (key: $GPT_FINETUNE_API_KEY)", ServeCommand,
+              _serve, {"required": _MODEL, "skip": ("serve.api_key",)}),
     "export": ("write a saved Llama-family model as a GGUF file for llama.cpp and Ollama", ExportConfig, _export,
                {"required": ("model",)}),
     "sweep": ("fine-tune with several learning rates, epochs and LoRA ranks; rank the runs by validation loss",

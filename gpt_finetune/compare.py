@@ -13,7 +13,7 @@ from sacrebleu.metrics import BLEU, CHRF
 
 from .evaluation import references_of
 from .metrics import METRICS
-from .train import LossHistory
+from .curves import LossHistory
 
 # %% auto #0
 __all__ = ['paired_bootstrap', 'mean_of', 'statistic', 'record_stats', 'compare_models', 'metrics_table', 'plot_comparison',

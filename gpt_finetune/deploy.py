@@ -155,19 +155,23 @@ def push_to_hub(model_dir: str | Path, # a folder written by `save_model`
     return str(url)
 
 # %% ../nbs/04_deploy.ipynb #75d82da5
-def load_for_inference(model_dir: str | Path):
-    "Load a saved model folder (full weights or a LoRA adapter) for generation; returns `(model, tokenizer)`."
+def load_for_inference(model_dir: str | Path, # a folder written by `save_model` (full weights or a LoRA adapter)
+                       trust_remote_code: bool = False, # run modelling code that ships with the model
+                       allow_pickle: bool = False, # allow .bin (pickle) weights, which can run code when loaded
+                      ):
+    "Load a saved model folder for generation; returns `(model, tokenizer)`."
+    trust = dict(trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
     model_dir = Path(model_dir)
     adapter = model_dir / "adapter_config.json"
     if not adapter.exists():
-        model, tok = load_model(model_dir)
+        model, tok = load_model(model_dir, **trust)
         return model.eval(), tok
     from peft import PeftModel
     from transformers import AutoTokenizer
-    model, _ = load_model(json.loads(adapter.read_text())["base_model_name_or_path"])
+    model, _ = load_model(json.loads(adapter.read_text())["base_model_name_or_path"], **trust)
     model = PeftModel.from_pretrained(model, model_dir).merge_and_unload()  # merged: plain layers generate faster
     model.generation_config = GenerationConfig.from_pretrained(model_dir)
-    tok = AutoTokenizer.from_pretrained(model_dir)
+    tok = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
     if tok.pad_token is None: tok.pad_token = tok.eos_token
     return model.eval(), tok
 

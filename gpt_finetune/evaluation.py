@@ -16,7 +16,7 @@ from transformers.generation import TopPLogitsWarper
 
 from . import metrics as metrics_module
 from .data import DataError, PackedCollator, encode_prompts, prompt_text, render_chat, stop_token_ids, tokenize_records
-from .train import safe_exp
+from .curves import safe_exp
 
 # %% auto #0
 __all__ = ['SCORERS', 'load_metric', 'record_losses', 'answer_perplexity', 'left_pad', 'Detokenizer', 'generate_ids',

@@ -7,134 +7,16 @@ from __future__ import annotations
 import csv, hashlib, json, os, shutil, sys, time
 from collections import Counter
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from . import __version__
+from .options import ModelOptions, RunConfig, write_config
 
 # %% auto #0
-__all__ = ['option', 'DataOptions', 'CleanOptions', 'ModelOptions', 'TrainOptions', 'EvalOptions', 'OutputOptions', 'RunConfig',
-           'write_config', 'UsageError', 'read_records', 'load_data', 'tokenize_splits', 'write_jsonl',
-           'write_data_report', 'model_fingerprint', 'baseline_evaluation', 'claim_output', 'save_atomically',
-           'human_size', 'timed', 'train_config', 'load_model_from', 'run_job', 'prepare_job']
-
-# %% ../nbs/04d_job.ipynb #60b6b50e
-def option(default, # the field's default value
-           help: str, # the option's help text
-           choices: tuple | None = None, # the only values allowed
-           flag: str | None = None): # the command-line flag, when not --FIELD-NAME
-    "A dataclass field that also describes its command-line option: help text, allowed values, flag."
-    return field(default=default, metadata={"help": help, "choices": choices, "flag": flag})
-
-# %% ../nbs/04d_job.ipynb #545d36e0
-@dataclass
-class DataOptions:
-    "Where the records come from and how they become training examples."
-    path: str | None = option(None, "JSON/JSONL/CSV/TSV file, saved dataset folder or Hub dataset org/name[:split]: pairs, "
-                              "alpaca, chat messages (OpenAI, ShareGPT, TRL) or prompt/completion "
-                              "(default: the bundled chatterbot sample)", flag="--data")
-    valid_data: str | None = option(None, "a separate validation file (default: split off --data)")
-    test_data: str | None = option(None, "a separate test file (default: split off --data)")
-    fields: str | None = option(None, "rename fields before reading, e.g. question=input,answer=output")
-    strict: bool = option(False, "stop on any invalid record instead of dropping and reporting it")
-    valid_frac: float = option(0.1, "share of records held out for validation during training")
-    test_frac: float = option(0.1, "share of records held out for the before/after test")
-    max_length: int = option(512, "longest example in tokens; see --too-long")
-    too_long: str = option("drop", "what happens to records over --max-length tokens", ("drop", "truncate", "error"))
-    system: str | None = option(None, "system prompt for chat models (default: the template's own)")
-
-# %% ../nbs/04d_job.ipynb #e339b20a
-@dataclass
-class CleanOptions:
-    "What cleaning removes; every removal is reported (see 00b_clean)."
-    near_dup: float = option(0.8, "MinHash similarity at or above which records are near duplicates (0: off)")
-    conflicts: str = option("keep", "same input, different outputs: report only, keep the first, or drop them all",
-                            ("keep", "first", "drop"))
-    min_output_chars: int = option(1, "answers shorter than this are dropped as too short")
-    leakage: str = option("remove", "validation/test records that repeat training records", ("remove", "keep"))
-
-# %% ../nbs/04d_job.ipynb #d90ce70c
-@dataclass
-class ModelOptions:
-    "Which model to load, and what loading it may run."
-    name: str | None = option(None, "Hugging Face id, local folder or .gguf file (default: SmolLM2-135M-Instruct)",
-                            flag="--model")
-    trust_remote_code: bool = option(False, "run modelling code that ships with the model (only for models you trust)")
-    allow_pickle: bool = option(False, "load .bin (pickle) weights, which can run code when loaded (only files you trust)")
-
-# %% ../nbs/04d_job.ipynb #f7755575
-_TRACKERS = ("none", "tensorboard", "trackio", "wandb", "mlflow")
-
-@dataclass
-class TrainOptions:
-    "How to fine-tune: `train.TrainConfig`'s fields (the run places the checkpoints) plus LoRA and QLoRA."
-    epochs: float = option(2.0, "passes over the training split; on a few hundred pairs a third epoch starts memorizing")
-    learning_rate: float = option(5e-5, "peak learning rate; full fine-tuning of a ~100M model likes 2e-5..1e-4")
-    batch_size: int = option(8, "examples per batch, packed into one row (0: as many as memory allows, up to 16)")
-    grad_accum: int = option(1, "batches per optimizer step; the loss stays exact (normalized by answer tokens)")
-    warmup: float = option(0.1, "share of steps spent warming the learning rate up from 0")
-    scheduler: str = option("cosine", "learning-rate schedule after warmup (any transformers scheduler name)")
-    weight_decay: float = option(0.0, "AdamW weight decay; small data rarely needs it")
-    early_stopping: int = option(3, "stop after this many evaluations without a better validation loss, keeping the "
-                                 "best weights (0: off)")
-    eval_every: int = option(20, "steps between validation-loss evaluations (0: none during training)")
-    log_every: int = option(5, "steps between training-loss log lines")
-    precision: str = option("auto", "auto picks the fastest safe one for the hardware", ("auto", "bf16", "fp16", "fp32"))
-    device: str = option("auto", "auto picks the fastest present", ("auto", "cuda", "mps", "cpu"))
-    gradient_checkpointing: bool = option(False, "recompute activations in the backward pass: less memory, ~30% more "
-                                          "compute")
-    progress: bool = option(True, "show a progress bar")
-    seed: int = option(42, "same seed, same split, same data order, same run")
-    save_every: int = option(100, "steps between resumable checkpoints in OUTPUT_DIR/checkpoints (0: none)")
-    save_limit: int = option(2, "checkpoints kept; older ones are deleted")
-    resume: bool = option(False, "continue the run in OUTPUT_DIR from its last complete checkpoint")
-    bf16_weights: str = option("auto", "with bf16 precision: train bf16 weights with float32 master weights in the "
-                               "optimizer instead of autocast (auto: on for CPUs, where it is faster)", ("auto", "on", "off"))
-    report_to: str = option("none", "experiment tracker the trainer logs to (its files go in OUTPUT_DIR/checkpoints)",
-                          _TRACKERS)
-    keep_checkpoints: bool = option(False, "keep OUTPUT_DIR/checkpoints after a successful run instead of removing them")
-    lora: bool = option(False, "train LoRA adapters instead of all weights (merged when saved, see --adapter-only)")
-    lora_r: int = option(8, "LoRA rank")
-    quantize: int | None = option(None, "load the frozen weights in 4 or 8 bits and train LoRA on them (QLoRA; CUDA only)",
-                                  (4, 8))
-
-# %% ../nbs/04d_job.ipynb #7ba7c081
-@dataclass
-class EvalOptions:
-    "How the models answer the test questions."
-    max_new_tokens: int = option(48, "longest generated answer during evaluation")
-    eval_batch_size: int = option(16, "questions generated together during evaluation")
-    reuse_baseline: bool = option(True, "reuse the base model's scored answers when the same model, test records and "
-                                  "settings were evaluated before (cached in the user cache folder)")
-
-# %% ../nbs/04d_job.ipynb #1ee3f2b7
-@dataclass
-class OutputOptions:
-    "Where the run's files go, and what is kept."
-    output_dir: str = option("outputs/run", "the run's folder: model/, config.yaml, metrics.json, report.md, answers.jsonl, "
-                             "the data report and plots; checkpoints in OUTPUT_DIR/checkpoints/")
-    overwrite: bool = option(False, "replace the files of an earlier run in OUTPUT_DIR (without it, such a folder is "
-                             "refused)")
-    adapter_only: bool = option(False, "with --lora: save only the adapter (megabytes) instead of merged full weights")
-    push_to_hub: str | None = option(None, "also upload model/ to this Hub repository, user/name (token: $HF_TOKEN)")
-
-# %% ../nbs/04d_job.ipynb #5f12c7f8
-@dataclass
-class RunConfig:
-    "The main job's options by concern; the defaults fine-tune SmolLM2 on the bundled chatterbot sample."
-    data: DataOptions = field(default_factory=DataOptions)
-    clean: CleanOptions = field(default_factory=CleanOptions)
-    model: ModelOptions = field(default_factory=ModelOptions)
-    train: TrainOptions = field(default_factory=TrainOptions)
-    eval: EvalOptions = field(default_factory=EvalOptions)
-    output: OutputOptions = field(default_factory=OutputOptions)
-
-# %% ../nbs/04d_job.ipynb #e51481d5
-def write_config(cfg, # any of the config dataclasses above
-                 path: str | Path):
-    "Write every option of `cfg`, resolved, as YAML; `--config` reads it back."
-    import yaml
-    Path(path).write_text(yaml.safe_dump(asdict(cfg), sort_keys=False, allow_unicode=True), encoding="utf-8")
+__all__ = ['UsageError', 'read_records', 'load_data', 'tokenize_splits', 'write_jsonl', 'write_data_report', 'model_fingerprint',
+           'baseline_evaluation', 'claim_output', 'save_atomically', 'human_size', 'timed', 'load_model_from',
+           'run_job', 'prepare_job']
 
 # %% ../nbs/04d_job.ipynb #d37a44aa
 class UsageError(ValueError):
@@ -324,14 +206,6 @@ def _answers(records: list[dict], base: list[dict], tuned: list[dict]) -> list[d
              "base_finish": b["finish_reason"], "finetuned_finish": t["finish_reason"]}
             for r, b, t in zip(records, base, tuned)]
 
-# %% ../nbs/04d_job.ipynb #295e9c77
-def train_config(t: TrainOptions, # the run's training options
-                 checkpoints: str | Path): # where the trainer writes checkpoints and tracker logs
-    "The `train.TrainConfig` for these options."
-    from gpt_finetune.train import TrainConfig
-    names = {f.name for f in fields(TrainConfig)}
-    return TrainConfig(**{k: v for k, v in asdict(t).items() if k in names}, output_dir=str(checkpoints))
-
 # %% ../nbs/04d_job.ipynb #0dcf62db
 def load_model_from(m: ModelOptions, # which model, and what loading it may run
                     quantize: int | None = None): # 4 or 8 bits for QLoRA
@@ -354,17 +228,21 @@ def _finish(out: Path, keep_checkpoints: bool, freed: int = 0) -> dict:
 def run_job(cfg: RunConfig, model=None, tokenizer=None) -> dict:
     "Prepare data, evaluate the base model, fine-tune, evaluate again, save; returns the metrics ({} off the main process)."
     from gpt_finetune.model import DEFAULT_MODEL, add_lora
-    from gpt_finetune.train import finetune, plot_losses
+    from gpt_finetune.curves import plot_losses
+    from gpt_finetune.train import finetune
     from gpt_finetune.scale import process_state, resume_point
     from gpt_finetune.evaluation import evaluate_model
     from gpt_finetune.compare import compare_models, overfitting_report, sample_table, write_report
     from gpt_finetune.deploy import push_to_hub, save_model
-    state, out, clock, t = process_state(), Path(cfg.output.output_dir), {}, cfg.train
-    if cfg.output.adapter_only and not (t.lora or t.quantize): raise UsageError("--adapter-only needs --lora or --quantize")
+    out = Path(cfg.output.output_dir)
+    cfg = replace(cfg, train=replace(cfg.train, output_dir=str(out / "checkpoints")))  # the trainer's folder: the run's
+    state, clock, t, lora = process_state(), {}, cfg.train, cfg.lora
+    adapters = lora.enabled or lora.quantize
+    if cfg.output.adapter_only and not adapters: raise UsageError("--adapter-only needs --lora or --quantize")
     splits, dropped, data = load_data(cfg)
     claim_output(out, cfg.output.overwrite, t.resume, remove=False)  # refuse before the minute a model takes to load
-    if model is None: model, tokenizer = load_model_from(cfg.model, t.quantize)
-    if t.resume: resume_point(out / "checkpoints", model, t.lora_r if t.lora or t.quantize else 0)
+    if model is None: model, tokenizer = load_model_from(cfg.model, lora.quantize)
+    if t.resume: resume_point(out / "checkpoints", model, lora.r if adapters else 0)
     splits, dss, dropped, data = tokenize_splits(cfg, splits, dropped, data, tokenizer)
     test, opts = splits["test"], dict(max_new_tokens=cfg.eval.max_new_tokens, batch_size=cfg.eval.eval_batch_size,
                                       system=cfg.data.system, progress=True)
@@ -377,10 +255,10 @@ def run_job(cfg: RunConfig, model=None, tokenizer=None) -> dict:
         with timed(clock, "base_evaluation_s"):
             base, base_answers, clock["base_reused"] = baseline_evaluation(model, tokenizer, test,
                                                                            cfg.eval.reuse_baseline, **opts)
-    if t.lora or t.quantize: model = add_lora(model, r=t.lora_r)
+    if adapters: model = add_lora(model, r=lora.r)
     with timed(clock, "training_s"):
         stats = finetune(model, tokenizer, dss["train"], dss["validation"] if len(dss["validation"]) else None,
-                         train_config(t, out / "checkpoints"))
+                         t)
     if not state.is_main_process: return {}
     clock.update(training_steps_s=stats.get("train_s"), training_evaluations_s=stats.get("eval_s"),
                  training_checkpoints_s=stats.get("checkpoint_s"))  # the trainer's own split of its time

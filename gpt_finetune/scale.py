@@ -5,18 +5,19 @@
 # %% ../nbs/02b_scale.ipynb #1f52235c
 from __future__ import annotations
 import copy, itertools, json, random
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
 import torch
 
 from .model import add_lora
-from .train import CheckpointError, TrainConfig, check_fits, find_checkpoint, finetune, option
+from .options import SweepGrid, TrainConfig
+from .train import CheckpointError, check_fits, find_checkpoint, finetune
 
 # %% auto #0
-__all__ = ['ACCELERATE_CONFIGS', 'resume_point', 'process_state', 'accelerate_config', 'SweepGrid', 'sweep_runs', 'run_name',
-           'sweep', 'plot_sweep', 'sweep_table']
+__all__ = ['ACCELERATE_CONFIGS', 'resume_point', 'process_state', 'accelerate_config', 'sweep_runs', 'run_name', 'sweep',
+           'plot_sweep', 'sweep_table']
 
 # %% ../nbs/02b_scale.ipynb #b32b9dba
 def resume_point(output_dir: str | Path, # the run's checkpoint folder
@@ -99,15 +100,6 @@ def accelerate_config(kind: str, # 'ddp_cpu', 'fsdp' or 'deepspeed_zero3'
     Path(folder).mkdir(parents=True, exist_ok=True)
     (path := Path(folder) / f"{kind}.yaml").write_text(ACCELERATE_CONFIGS[kind])
     return path
-
-# %% ../nbs/02b_scale.ipynb #d4c0ed97
-@dataclass
-class SweepGrid:
-    "The settings a sweep tries: comma-separated values, every combination (or `samples` of them at random)."
-    lr_grid: str = option("5e-5,2e-4", "learning rates to try")
-    epochs_grid: str = option("1,2", "epoch counts to try")
-    lora_r_grid: str = option("0,8", "LoRA ranks to try (0: train all weights)")
-    samples: int = option(0, "combinations to draw at random from the grid (0: all of them)")
 
 # %% ../nbs/02b_scale.ipynb #4f5a7cb2
 def sweep_runs(grid: SweepGrid, seed: int = 42) -> list[dict]:

@@ -19,8 +19,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .data import encode_prompts, render_chat
 from .deploy import load_for_inference
 from .evaluation import Detokenizer
-from .worker import (API_KEY_ENV, BaseRequest, BatchWorker, ChatRequest, CompletionRequest, Finish, Job,
-                                 QueueFull, ServeConfig, WorkerStopped, api_key_of, request_id)
+from .options import API_KEY_ENV, ServeConfig
+from .worker import (BaseRequest, BatchWorker, ChatRequest, CompletionRequest, Finish, Job, QueueFull,
+                                 WorkerStopped, api_key_of, request_id)
 
 # %% auto #0
 __all__ = ['router', 'APIError', 'error_response', 'Served', 'make_job', 'start_job', 'complete', 'usage', 'sse_stream', 'health',
@@ -349,11 +350,13 @@ class BackgroundServer:
 # %% ../nbs/04b_serve.ipynb #958e7e69
 def serve(model_dir: str | Path, # a folder written by `save_model`
           cfg: ServeConfig | None = None, # settings; `ServeConfig()` when not given
+          trust_remote_code: bool = False, # run modelling code that ships with the model
+          allow_pickle: bool = False, # allow .bin (pickle) weights, which can run code when loaded
           **options, # ServeConfig fields that override `cfg`'s, e.g. port=8001
          ):
     "Load a saved model folder and serve it with uvicorn until interrupted."
     cfg = replace(cfg or ServeConfig(), **options)
-    model, tok = load_for_inference(model_dir)
+    model, tok = load_for_inference(model_dir, trust_remote_code, allow_pickle)
     cfg = replace(cfg, name=cfg.name or Path(model_dir).resolve().name)
     if cfg.host not in ("127.0.0.1", "localhost", "::1") and not api_key_of(cfg):
         print(f"warning: {cfg.host} exposes the server without an API key; set {API_KEY_ENV}", file=sys.stderr)

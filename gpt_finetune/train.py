@@ -4,79 +4,23 @@
 
 # %% ../nbs/02_train.ipynb #f0ee06a3
 from __future__ import annotations
-import csv, importlib.util, json, math, os, shutil, sys, time, uuid, zipfile
-from dataclasses import dataclass, field, asdict, replace
+import importlib.util, json, math, os, shutil, time, uuid, zipfile
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
+from .curves import EvalLog, LivePlot, LossHistory, TrainingLog, safe_exp, tracker
 from .data import PackedCollator
 from .model import ModelError, best_device, best_precision, gradient_checkpointing
+from .options import TrainConfig
+from .speed import Bf16AdamW, auto_batch_size, tune_malloc
 
 # %% auto #0
-__all__ = ['RUN_ID_FILE', 'option', 'TrainConfig', 'auto_batch_size', 'tune_malloc', 'answer_logits', 'answer_loss_sum',
-           'fused_cross_entropy', 'AnswerLossTrainer', 'packed_attention', 'LossHistory', 'safe_exp', 'plot_losses',
-           'EvalLog', 'LivePlot', 'TrainingLog', 'TrackerError', 'tracker', 'BestWeights', 'CheckpointError',
-           'find_checkpoint', 'check_fits', 'Bf16AdamW', 'training_args', 'finetune']
-
-# %% ../nbs/02_train.ipynb #d82f8d17
-def option(default, help: str):
-    "A dataclass field with a help text, which the CLI shows for its option."
-    return field(default=default, metadata={"help": help})
-
-# %% ../nbs/02_train.ipynb #26902c1d
-@dataclass
-class TrainConfig:
-    "How to fine-tune: every field has a default a beginner can trust."
-    output_dir: str = option("outputs/train", "folder for checkpoints and logs")
-    epochs: float = option(2.0, "passes over the training split; on a few hundred pairs a third epoch starts memorizing")
-    learning_rate: float = option(5e-5, "peak learning rate; full fine-tuning of a ~100M model likes 2e-5..1e-4")
-    batch_size: int = option(8, "examples per batch, packed into one row (0: as many as memory allows, up to 16)")
-    grad_accum: int = option(1, "batches per optimizer step; the loss stays exact (normalized by answer tokens)")
-    warmup: float = option(0.1, "share of steps spent warming the learning rate up from 0")
-    scheduler: str = option("cosine", "learning-rate schedule after warmup (any transformers scheduler name)")
-    weight_decay: float = option(0.0, "AdamW weight decay; small data rarely needs it")
-    early_stopping: int = option(3, "stop after this many evaluations without a better validation loss and restore the "
-                                    "best weights, kept in memory (0: off)")
-    eval_every: int = option(20, "steps between validation-loss evaluations (0: none during training)")
-    log_every: int = option(5, "steps between training-loss log lines")
-    precision: str = option("auto", "auto, bf16, fp16 or fp32; auto picks the fastest safe one for the hardware")
-    device: str = option("auto", "auto, cuda, mps or cpu; auto picks the fastest present")
-    gradient_checkpointing: bool = option(False, "recompute activations in the backward pass: less memory, ~30% more compute")
-    progress: bool = option(True, "show a tqdm progress bar")
-    seed: int = option(42, "same seed, same data order, same run")
-    save_every: int = option(100, "steps between checkpoints for resuming a killed run (0: none)")
-    save_limit: int = option(2, "checkpoints kept while training; older ones are deleted")
-    keep_checkpoints: bool = option(False, "keep this run's checkpoints after it succeeds (default: delete them)")
-    resume: bool = option(False, "continue this folder's run from its last complete checkpoint in output_dir")
-    bf16_weights: str = option("auto", "with bf16 precision, train bf16 weights with float32 master weights in the optimizer "
-                                       "instead of autocast: on, off, or auto (on for CPUs, where it is faster)")
-    report_to: str = option("none", "experiment tracker: none, tensorboard, trackio, wandb or mlflow (offline where it can be)")
-
-# %% ../nbs/02_train.ipynb #5dfa2dca
-def auto_batch_size(model, mean_length: float, # mean tokens per example
-                    device: str = "cpu", cap: int = 16) -> int:
-    "The largest power of two up to `cap` examples whose packed batch fits in half the free memory of `device`."
-    import psutil
-    free = torch.cuda.mem_get_info()[0] if device == "cuda" else psutil.virtual_memory().available
-    c = model.config
-    per_token = 70 * c.hidden_size * c.num_hidden_layers + 4 * c.vocab_size
-    budget, n = free / 2 - 16 * model.num_parameters(), cap
-    while n > 1 and n * mean_length * per_token > budget: n //= 2
-    return n
-
-# %% ../nbs/02_train.ipynb #f5b90999
-def tune_malloc(mmap_threshold: int = 32 << 20, # blocks above this many bytes are mmap-ed (glibc's maximum: 32 MiB)
-                trim_threshold: int = 1 << 30, # free heap above this many bytes goes back to the kernel
-               ) -> bool:
-    "Raise glibc's mmap and trim thresholds with `mallopt` so training's buffers are reused; False where there is no glibc."
-    import ctypes, ctypes.util, platform
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc": return False
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-    return bool(libc.mallopt(M_MMAP_THRESHOLD, mmap_threshold)) and bool(libc.mallopt(M_TRIM_THRESHOLD, trim_threshold))
+__all__ = ['RUN_ID_FILE', 'answer_logits', 'answer_loss_sum', 'fused_cross_entropy', 'AnswerLossTrainer', 'packed_attention',
+           'BestWeights', 'CheckpointError', 'find_checkpoint', 'check_fits', 'training_args', 'finetune']
 
 # %% ../nbs/02_train.ipynb #8ecd4354
 def answer_logits(model, inputs: dict):
@@ -172,111 +116,6 @@ def packed_attention(model, device: str = "cpu") -> str:
     if device == "cuda" and impl != "flash_attention_2" and importlib.util.find_spec("flash_attn") is not None:
         model.set_attn_implementation("flash_attention_2"); impl = "flash_attention_2"
     return impl
-
-# %% ../nbs/02_train.ipynb #6c81634e
-class LossHistory(TrainerCallback):
-    "Collects `(step, loss)` for training and validation losses as the Trainer logs them."
-    def __init__(self): self.train, self.valid, self.accuracy = [], [], []
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if not state.is_world_process_zero or not logs: return
-        if "loss" in logs: self.train.append((state.global_step, logs["loss"]))
-        if "eval_loss" in logs: self.valid.append((state.global_step, logs["eval_loss"]))
-        if "eval_token_accuracy" in logs: self.accuracy.append((state.global_step, logs["eval_token_accuracy"]))
-
-# %% ../nbs/02_train.ipynb #9a353152
-def safe_exp(x: float) -> float:
-    "`exp(x)`, or infinity where it would overflow: perplexity of a very wrong model."
-    try: return math.exp(x)
-    except OverflowError: return float("inf")
-
-# %% ../nbs/02_train.ipynb #462bee7e
-def plot_losses(history: LossHistory, path: str | Path | None = None):
-    "Training and validation loss, and validation perplexity, over steps; saved to `path` if given."
-    import matplotlib.pyplot as plt  # no backend switch: a notebook keeps showing figures inline
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.5))
-    if history.train: ax1.plot(*zip(*history.train), label="train loss")
-    if history.valid: ax1.plot(*zip(*history.valid), "o-", label="validation loss")
-    ax1.set(xlabel="step", ylabel="loss (answer tokens)", title="Loss"); ax1.legend()
-    if history.valid: ax2.plot([s for s, _ in history.valid], [safe_exp(l) for _, l in history.valid], "o-", color="C1")
-    ax2.set(xlabel="step", ylabel="perplexity", title="Validation perplexity")
-    fig.tight_layout()
-    if path is not None: fig.savefig(path, dpi=100); plt.close(fig)
-    return fig
-
-# %% ../nbs/02_train.ipynb #10756eec
-class EvalLog(TrainerCallback):
-    "Prints one line per evaluation: step, epoch, validation loss, perplexity and token accuracy."
-    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-        if not state.is_world_process_zero or not metrics or "eval_loss" not in metrics: return
-        from tqdm.auto import tqdm
-        acc = metrics.get("eval_token_accuracy")
-        tqdm.write(f"eval step {state.global_step}/{state.max_steps} (epoch {state.epoch or 0:.2f}): validation loss "
-                   f"{metrics['eval_loss']:.3f}, perplexity {metrics.get('eval_perplexity', safe_exp(metrics['eval_loss'])):.2f}"
-                   + (f", token accuracy {100 * acc:.1f}%" if acc is not None else ""), file=sys.stderr)
-
-# %% ../nbs/02_train.ipynb #e468ebdf
-def _in_notebook() -> bool:
-    try: from IPython import get_ipython
-    except ImportError: return False
-    return type(get_ipython()).__name__ == "ZMQInteractiveShell"
-
-# %% ../nbs/02_train.ipynb #904fe46e
-class LivePlot(LossHistory):
-    "A `LossHistory` that redraws loss and perplexity in a notebook at each evaluation and saves them as PNG at the end."
-    def __init__(self, path: str | Path | None = None, # where to save the final figure
-                 live: bool | None = None): # redraw during training; default: only inside a Jupyter notebook
-        super().__init__()
-        self.path, self.live, self._handle = path, _in_notebook() if live is None else live, None
-
-    def _draw(self):
-        import matplotlib.pyplot as plt
-        from IPython.display import display
-        fig = plot_losses(self); plt.close(fig)
-        if self._handle is None: self._handle = display(fig, display_id=True)
-        else: self._handle.update(fig)
-
-    def on_evaluate(self, args, state, control, **kwargs):
-        if self.live and state.is_world_process_zero: self._draw()
-
-    def on_train_end(self, args, state, control, **kwargs):
-        if self.path is not None and state.is_world_process_zero:
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True); plot_losses(self, self.path)
-
-# %% ../nbs/02_train.ipynb #c2774f1b
-_LOG_COLUMNS = {"epoch": "epoch", "train_loss": "loss", "valid_loss": "eval_loss", "perplexity": "eval_perplexity",
-                "token_accuracy": "eval_token_accuracy", "learning_rate": "learning_rate"}
-
-class TrainingLog(TrainerCallback):
-    "Writes `training_log.csv` (step, epoch, losses, perplexity, token accuracy, learning rate) at every log."
-    def __init__(self, path: str | Path): self.path = Path(path)
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if not state.is_world_process_zero: return
-        rows = {}
-        for e in state.log_history + [dict(logs or {}, step=state.global_step)]:
-            if "step" not in e or not any(k in e for k in ("loss", "eval_loss")): continue
-            row = rows.setdefault(e["step"], {"step": e["step"]})
-            row.update({c: e[k] for c, k in _LOG_COLUMNS.items() if k in e})
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "w", newline="") as f:
-            w = csv.DictWriter(f, ["step", *_LOG_COLUMNS]); w.writeheader(); w.writerows(rows[s] for s in sorted(rows))
-
-# %% ../nbs/02_train.ipynb #1efa59f1
-class TrackerError(ModelError):
-    "An experiment tracker that cannot be used: an unknown name, or its package is not installed."
-
-_TRACKER_PACKAGES = {"tensorboard": ("tensorboard", "tensorboardX"), "trackio": ("trackio",), "wandb": ("wandb",),
-                     "mlflow": ("mlflow",)}
-
-def tracker(name: str) -> str:
-    "Check that tracker `name` can be used, switch it to its offline mode where it has one; the Trainer's `report_to`."
-    if name == "none": return "none"
-    if name not in _TRACKER_PACKAGES:
-        raise TrackerError(f"report_to: unknown tracker {name!r}; one of none, {', '.join(_TRACKER_PACKAGES)}")
-    if not any(importlib.util.find_spec(p) for p in _TRACKER_PACKAGES[name]):
-        raise TrackerError(f"report_to={name}: the {_TRACKER_PACKAGES[name][0]} package is not installed "
-                           f"(pip install {_TRACKER_PACKAGES[name][0]})")
-    if name == "wandb" and not {"WANDB_MODE", "WANDB_API_KEY"} & set(os.environ): os.environ["WANDB_MODE"] = "offline"
-    return name
 
 # %% ../nbs/02_train.ipynb #6f1b5bd7
 class BestWeights(TrainerCallback):
@@ -382,71 +221,9 @@ def _remove_checkpoints(out: Path, run_id: str) -> int:
             shutil.rmtree(c, ignore_errors=True)
     return freed
 
-# %% ../nbs/02_train.ipynb #d725f652
-def _stochastic_round_(dst: torch.Tensor, src: torch.Tensor):
-    "Copy float32 `src` into bf16 `dst`, rounding away the low 16 bits up with probability equal to their value."
-    bits = src.view(torch.int32) + torch.randint_like(src, 0, 1 << 16, dtype=torch.int32)
-    dst.copy_((bits & -65536).view(torch.float32))
-
-class Bf16AdamW(torch.optim.Optimizer):
-    "AdamW for bf16 weights: the update is computed in float32, on master copies or stochastically rounded without them."
-    def __init__(self, params, lr: float = 1e-3, betas: tuple = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0,
-                 master_weights: bool = True): # float32 master copies (4 more bytes per weight); False: stochastic rounding
-        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
-        self.master_weights = master_weights
-        if master_weights:  # copied now, before the model is cast to bf16: the masters start exact
-            for g in self.param_groups:
-                for p in g["params"]: self.state[p]["master"] = p.detach().float().clone()
-
-    def load_state_dict(self, state_dict: dict):
-        "Load a saved state, keeping the moments and master copies in float32 (torch would cast them to bf16)."
-        super().load_state_dict(state_dict)
-        ids = [i for g in state_dict["param_groups"] for i in g["params"]]
-        params = [p for g in self.param_groups for p in g["params"]]
-        for i, p in zip(ids, params):
-            self.state[p].update({k: v.to(p.device) for k, v in state_dict["state"].get(i, {}).items()})
-            if self.master_weights and "master" not in state_dict["state"].get(i, {}):  # saved by an autocast run
-                self.state[p]["master"] = p.detach().float().clone()  # the weights just loaded from its checkpoint
-
-    def _state(self, p) -> dict:
-        st = self.state[p]
-        if "step" not in st:
-            st["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
-            st["exp_avg"], st["exp_avg_sq"] = (torch.zeros_like(p, dtype=torch.float32) for _ in range(2))
-        return st
-
-    def full_precision(self, p) -> torch.Tensor:
-        "The float32 value of weight `p`: its master copy if it has one."
-        st = self.state.get(p)
-        return st["master"] if st and "master" in st else p.detach().float()
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        from torch.optim.adamw import adamw
-        for g in self.param_groups:
-            ps = [p for p in g["params"] if p.grad is not None]
-            if not ps: continue
-            sts = [self._state(p) for p in ps]
-            w = [s["master"] for s in sts] if self.master_weights else [p.float() for p in ps]
-            adamw(w, [p.grad.float() for p in ps], [s["exp_avg"] for s in sts], [s["exp_avg_sq"] for s in sts], [],
-                  [s["step"] for s in sts], fused=True, amsgrad=False, beta1=g["betas"][0], beta2=g["betas"][1], lr=g["lr"],
-                  weight_decay=g["weight_decay"], eps=g["eps"], maximize=False)
-            for p, x in zip(ps, w):
-                if self.master_weights: p.copy_(x)
-                else: _stochastic_round_(p, x)
-
-    @torch.no_grad()
-    def to_float32(self, model):
-        "Turn `model` back into float32 with the master weights in it."
-        masters = {p: self.full_precision(p) for g in self.param_groups for p in g["params"]}
-        model.float()
-        for p, m in masters.items(): p.copy_(m)
-
 # %% ../nbs/02_train.ipynb #f883d544
 def _bf16_weights(cfg: TrainConfig, model, device: str, prec: str) -> bool:
     "Whether this run trains bf16 weights with float32 master weights: bf16 precision, all weights trained, one plain model."
-    if cfg.bf16_weights not in ("auto", "on", "off"):
-        raise ModelError(f"bf16_weights must be auto, on or off, not {cfg.bf16_weights!r}")
     if prec != "bf16" or cfg.bf16_weights == "off" or (cfg.bf16_weights == "auto" and device != "cpu"): return False
     sharded = any(os.environ.get(f"ACCELERATE_USE_{k}", "").lower() in ("1", "true") for k in ("FSDP", "DEEPSPEED"))
     quantized = getattr(model, "hf_quantizer", None) is not None and getattr(model, "is_quantized", False)

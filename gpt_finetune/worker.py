@@ -12,40 +12,14 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .deploy import sampling_args
 from .evaluation import generate_ids
-from .train import option
+from .options import API_KEY_ENV, ServeConfig
 
 # %% auto #0
-__all__ = ['API_KEY_ENV', 'ServeConfig', 'api_key_of', 'BaseRequest', 'TextPart', 'ChatMessage', 'ChatRequest',
-           'CompletionRequest', 'request_id', 'Finish', 'Job', 'context_length', 'plan_batch', 'QueueFull',
-           'WorkerStopped', 'JobQueue', 'BatchWorker']
+__all__ = ['api_key_of', 'BaseRequest', 'TextPart', 'ChatMessage', 'ChatRequest', 'CompletionRequest', 'request_id', 'Finish',
+           'Job', 'context_length', 'plan_batch', 'QueueFull', 'WorkerStopped', 'JobQueue', 'BatchWorker']
 
 # %% ../nbs/04a_worker.ipynb #570c2a45
 _log = logging.getLogger("gpt_finetune.worker")
-
-# %% ../nbs/04a_worker.ipynb #f74950f2
-API_KEY_ENV = "GPT_FINETUNE_API_KEY"  # where the server looks for its API key when none is given
-
-# %% ../nbs/04a_worker.ipynb #1d0bb5eb
-@dataclass
-class ServeConfig:
-    "How to serve a model: where to listen, who may call, and the limits that keep the server up under load."
-    host: str = option("127.0.0.1", "address to bind; 0.0.0.0 exposes the server to the network (set an API key then)")
-    port: int = option(8000, "TCP port to listen on")
-    name: str | None = option(None, "model id that clients send (default: the model folder's name)")
-    api_key: str | None = option(None, f"key that clients must send as 'Authorization: Bearer KEY' on every route but"
-                                       f" /health (default: the {API_KEY_ENV} environment variable, hidden from ps)")
-    max_tokens_cap: int = option(512, "the most new tokens one request may ask for")
-    max_input_tokens: int = option(4096, "the longest prompt accepted, in tokens (the model's context caps it too)")
-    max_batch: int = option(16, "the most requests generated together in one batch")
-    max_batch_tokens: int = option(16384, "token budget of one batch: rows x (longest prompt + largest max_tokens)")
-    window_ms: float = option(50.0, "how long a request waits for others to join its batch, in milliseconds")
-    max_queue: int = option(64, "requests waiting for the model beyond this get 429 with a Retry-After header")
-    max_body_bytes: int = option(1_000_000, "request bodies larger than this get 413 (the bytes received are counted)")
-
-    def __post_init__(self):
-        limits = ("max_tokens_cap", "max_input_tokens", "max_batch", "max_batch_tokens", "max_queue", "max_body_bytes")
-        small = [k for k in limits if getattr(self, k) < 1] + (["window_ms"] if self.window_ms < 0 else [])
-        if small: raise ValueError(f"ServeConfig: {', '.join(small)} must be positive")
 
 # %% ../nbs/04a_worker.ipynb #5aa0acb6
 def api_key_of(cfg: ServeConfig) -> str | None:

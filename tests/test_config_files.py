@@ -9,7 +9,7 @@ import yaml
 
 from conftest import run_cli
 from gpt_finetune.cli import COMMANDS, config_from, parse_args
-from gpt_finetune.job import RunConfig
+from gpt_finetune.options import RunConfig
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
@@ -21,10 +21,10 @@ def _cfg(*argv):
 
 def test_yaml_sections_and_names_with_flags_winning(tmp_path):
     path = tmp_path / "my.yaml"
-    path.write_text("data: my.jsonl\ntrain:\n  epochs: 1\n  lora: true\n  precision: bf16\nlearning-rate: 2.0e-4\n"
+    path.write_text("data: my.jsonl\ntrain:\n  epochs: 1\n  precision: bf16\nlora:\n  enabled: true\nlearning-rate: 2.0e-4\n"
                     "output:\n  output_dir: outputs/mine\nmodel: some/model\n")
     cfg = _cfg("run", "--config", path, "--epochs", "3", "--no-lora")
-    assert (cfg.data.path, cfg.model.name, cfg.train.epochs, cfg.train.lora, cfg.train.precision, cfg.train.learning_rate,
+    assert (cfg.data.path, cfg.model.name, cfg.train.epochs, cfg.lora.enabled, cfg.train.precision, cfg.train.learning_rate,
             cfg.output.output_dir) == ("my.jsonl", "some/model", 3.0, False, "bf16", 2e-4, "outputs/mine")
     assert cfg.train.batch_size == RunConfig().train.batch_size  # untouched options keep their defaults
 
@@ -60,7 +60,8 @@ def test_shipped_examples_parse(path):
     argv = [command, "--config", str(path)] + (["--data", "x.jsonl"] if command == "evaluate" else [])
     cfg = _cfg(*argv)
     values = yaml.safe_load(path.read_text())
-    if command == "run": assert asdict(cfg)["train"].items() >= values["train"].items()
+    if command == "run":
+        for section in values: assert asdict(cfg)[section].items() >= values[section].items(), section
 
 
 def test_run_config_yaml_repeats_the_run(llama_dir, tmp_path, monkeypatch):
@@ -77,5 +78,7 @@ def test_run_config_yaml_repeats_the_run(llama_dir, tmp_path, monkeypatch):
     a, b = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in "ab")
     assert a["finetuned"]["eval_loss"] == b["finetuned"]["eval_loss"] and a["data"]["kept"] == b["data"]["kept"]
     assert a["train"]["steps"] == b["train"]["steps"]
-    assert yaml.safe_load((tmp_path / "b" / "config.yaml").read_text()) == {**written, "output": {
-        **written["output"], "output_dir": str(tmp_path / "b")}}
+    assert written["train"]["output_dir"] == str(tmp_path / "a" / "checkpoints")  # the trainer's folder, as it was
+    assert yaml.safe_load((tmp_path / "b" / "config.yaml").read_text()) == {
+        **written, "output": {**written["output"], "output_dir": str(tmp_path / "b")},
+        "train": {**written["train"], "output_dir": str(tmp_path / "b" / "checkpoints")}}

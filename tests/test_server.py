@@ -8,7 +8,8 @@ from gpt_finetune.data import encode_prompts
 from gpt_finetune.deploy import save_model
 from gpt_finetune.evaluation import generate_texts
 from gpt_finetune.model import tiny_model
-from gpt_finetune.serve import API_KEY_ENV, BackgroundServer, Guard, ServeConfig, create_app
+from gpt_finetune.options import API_KEY_ENV, ServeConfig
+from gpt_finetune.serve import BackgroundServer, Guard, create_app
 from gpt_finetune.worker import BatchWorker, Finish, Job
 
 from conftest import run_cli, start_server
@@ -16,7 +17,7 @@ from conftest import run_cli, start_server
 KEY, CAP = "sk-test-key", 32
 AUTH = {"Authorization": f"Bearer {KEY}"}
 HAMLET = [{"role": "user", "content": "Who wrote Hamlet?"}]
-SERVE = "import sys; from gpt_finetune.serve import ServeConfig, serve; serve(sys.argv[1], ServeConfig(port=int(sys.argv[2]), max_tokens_cap={cap}))"
+SERVE = "import sys; from gpt_finetune.options import ServeConfig; from gpt_finetune.serve import serve; serve(sys.argv[1], ServeConfig(port=int(sys.argv[2]), max_tokens_cap={cap}))"
 
 
 @pytest.fixture(scope="module", autouse=True)

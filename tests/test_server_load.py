@@ -8,13 +8,13 @@ import httpx, psutil, pytest
 
 from gpt_finetune.deploy import save_model
 from gpt_finetune.model import tiny_model
-from gpt_finetune.serve import API_KEY_ENV
+from gpt_finetune.options import API_KEY_ENV
 
 from conftest import start_server
 
 CLIENTS, MAX_QUEUE, LEAVERS, STAYERS, ROUNDS = 200, 16, 40, 16, 2
 KEY = "sk-load"
-SERVE = ("import sys; from gpt_finetune.serve import ServeConfig, serve; "
+SERVE = ("import sys; from gpt_finetune.options import ServeConfig; from gpt_finetune.serve import serve; "
          f"serve(sys.argv[1], ServeConfig(port=int(sys.argv[2]), max_queue={MAX_QUEUE}, max_batch=8, window_ms=20, max_tokens_cap=16))")
 
 

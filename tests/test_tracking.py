@@ -7,7 +7,9 @@ import pytest
 from gpt_finetune.data import default_data_path, tokenize_records
 from gpt_finetune.formats import load_records
 from gpt_finetune.model import tiny_model
-from gpt_finetune.train import TrackerError, TrainConfig, finetune, tracker
+from gpt_finetune.options import TrainConfig
+from gpt_finetune.curves import TrackerError, tracker
+from gpt_finetune.train import finetune
 
 
 @pytest.fixture(scope="module")

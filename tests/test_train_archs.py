@@ -5,7 +5,8 @@ import torch
 from gpt_finetune.data import default_data_path, tokenize_records
 from gpt_finetune.formats import load_records
 from gpt_finetune.model import add_lora, merge_lora, tiny_model
-from gpt_finetune.train import TrainConfig, finetune
+from gpt_finetune.options import TrainConfig
+from gpt_finetune.train import finetune
 
 
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])

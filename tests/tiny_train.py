@@ -12,7 +12,8 @@ from transformers import TrainerCallback
 from gpt_finetune.data import default_data_path, tokenize_records
 from gpt_finetune.formats import load_records
 from gpt_finetune.model import tiny_model
-from gpt_finetune.train import TrainConfig, finetune
+from gpt_finetune.options import TrainConfig
+from gpt_finetune.train import finetune
 
 
 class StepLog(TrainerCallback):
