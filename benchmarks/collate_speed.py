@@ -28,7 +28,8 @@ def main():
     lengths, n, bs = ds["length"], args.steps * args.batch_size, args.batch_size
     order = list(range(len(ds))); random.Random(0).shuffle(order)
     ways = {"packed (one row, positions restart)": ([order[i:i + bs] for i in range(0, n, bs)], PackedCollator()),
-            "bucketed, padded (length-grouped)": (length_grouped_batches(lengths, bs, seed=0)[:args.steps], PaddedCollator(tok.pad_token_id)),
+            "bucketed, padded (length-grouped)": (length_grouped_batches(lengths, bs, seed=0)[:args.steps],
+                                                  PaddedCollator(tok.pad_token_id)),
             "random, padded": ([order[i:i + bs] for i in range(0, n, bs)], PaddedCollator(tok.pad_token_id))}
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-6)

@@ -12,14 +12,16 @@ WORDS = ("time year people way day man thing woman life child world school state
          "home water room mother area money story fact month lot right study book eye job word business issue side "
          "kind head house service friend father power hour game line end member law car city community name "
          "president team minute idea kid body information back parent face others level office door health person "
-         "art war history party result change morning reason research girl guy moment air teacher force education").split()
+         "art war history party result change morning reason research girl guy moment air teacher force "
+         "education").split()
 
 
 def generate(n: int, seed: int = 0) -> list[dict]:
     "Question/answer pairs of random words, with 2% exact and 1% near duplicates, like a scraped data set."
     rng = random.Random(seed)
     sent = lambda k: " ".join(rng.choice(WORDS) for _ in range(k))
-    rows = [{"input": f"What about the {sent(rng.randint(5, 15))}?", "output": sent(rng.randint(8, 40)).capitalize() + "."} for _ in range(n)]
+    rows = [{"input": f"What about the {sent(rng.randint(5, 15))}?",
+             "output": sent(rng.randint(8, 40)).capitalize() + "."} for _ in range(n)]
     for i in rng.sample(range(n), n // 50): rows[i] = dict(rows[rng.randrange(n)])
     for i in rng.sample(range(n), n // 100):
         src = rows[rng.randrange(n)]
@@ -48,7 +50,8 @@ def main():
     print(f"{n:,} records, {path.stat().st_size / 1e6:.1f} MB JSONL; peak RSS before: {base:.0f} MB")
     t0 = time.perf_counter(); times = {}
     loaded = load_records(path); times["validate + load"] = time.perf_counter() - t0
-    t = time.perf_counter(); kept, rows = clean_dataset(loaded.records); times["clean + near-dup"] = time.perf_counter() - t
+    t = time.perf_counter(); kept, rows = clean_dataset(loaded.records)
+    times["clean + near-dup"] = time.perf_counter() - t
     t = time.perf_counter(); ds = tokenize_records(kept, tok); times["tokenize"] = time.perf_counter() - t
     t = time.perf_counter(); stats = length_stats(ds); times["length stats"] = time.perf_counter() - t
     total = time.perf_counter() - t0

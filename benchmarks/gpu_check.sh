@@ -26,10 +26,12 @@ run() {  # run NAME SECONDS CMD...: a step with its own time limit; its failure 
 "$PY" - "$CPU" <<'EOF' || exit 2
 import sys, torch
 if not torch.cuda.is_available() and sys.argv[1] != "1":
-    sys.exit("gpu_check: no CUDA GPU visible (torch.cuda.is_available() is False); GPU_CHECK_CPU=1 checks the script on a CPU")
+    sys.exit("gpu_check: no CUDA GPU visible (torch.cuda.is_available() is False); "
+             "GPU_CHECK_CPU=1 checks the script on a CPU")
 import importlib.util as u
 found = ", ".join(f"{p} {'yes' if u.find_spec(p) else 'no'}" for p in ("flash_attn", "liger_kernel", "bitsandbytes"))
-where = f"{torch.cuda.get_device_name()}, CUDA {torch.version.cuda}" if torch.cuda.is_available() else "CPU (script check)"
+where = (f"{torch.cuda.get_device_name()}, CUDA {torch.version.cuda}" if torch.cuda.is_available()
+         else "CPU (script check)")
 print(f"gpu_check on {where}, torch {torch.__version__}; {found}")
 EOF
 GPUS=$("$PY" -c "import torch; print(torch.cuda.device_count())")
@@ -40,7 +42,8 @@ NBS=(nbs/02_train.ipynb)
 for nb in $(grep -l '#| cuda' nbs/*.ipynb nbs/*/*.ipynb 2>/dev/null); do
   # cuda cells that launch 2 processes (torchrun, accelerate with FSDP or DeepSpeed) need two GPUs
   two=$("$PY" -c "import json, sys; cells = [''.join(c['source']) for c in json.load(open(sys.argv[1]))['cells']]
-print(any('#| cuda' in s and ('nproc_per_node' in s or 'num_processes' in s or 'config_file' in s) for s in cells))" "$nb")
+print(any('#| cuda' in s and ('nproc_per_node' in s or 'num_processes' in s or 'config_file' in s)
+          for s in cells))" "$nb")
   if [ "$two" = True ] && [ "$GPUS" -lt 2 ]; then echo "skipping $nb: its cuda cells need 2 GPUs"; continue; fi
   [ "$nb" = nbs/02_train.ipynb ] || NBS+=("$nb")
 done
@@ -75,7 +78,9 @@ EOF
 step "4/4 training benchmark (tokens/s, MFU against the bf16 peak)"
 run "benchmark default model" 120 "$PY" benchmarks/train_speed.py --setups gpt_finetune --out "" "${QUICK[@]}"
 if [ "$CPU" = 1 ] && [ "${HF_HUB_OFFLINE:-0}" = 1 ]; then echo "skipping $HUB_MODEL: offline";
-else run "benchmark $HUB_MODEL" 180 "$PY" benchmarks/train_speed.py --setups gpt_finetune --model "$HUB_MODEL" --out "" "${QUICK[@]}"; fi
+else run "benchmark $HUB_MODEL" 180 "$PY" benchmarks/train_speed.py --setups gpt_finetune --model "$HUB_MODEL" \
+    --out "" "${QUICK[@]}"; fi
 
 echo
-if [ ${#failed[@]} -eq 0 ]; then echo "gpu_check: all steps passed"; else echo "gpu_check: FAILED: ${failed[*]}"; exit 1; fi
+if [ ${#failed[@]} -eq 0 ]; then echo "gpu_check: all steps passed"
+else echo "gpu_check: FAILED: ${failed[*]}"; exit 1; fi

@@ -1,7 +1,9 @@
 """What checkpointing costs, and what a second process buys, on this machine.
 
-    .venv/bin/python benchmarks/scale_speed.py checkpoint [--model tiny]   # seconds per checkpoint save, size, % of a run
-    .venv/bin/python benchmarks/scale_speed.py processes  [--model tiny]   # 1 process (2 threads) vs torchrun 2 x 1 thread
+    # seconds per checkpoint save, size, % of a run
+    .venv/bin/python benchmarks/scale_speed.py checkpoint [--model tiny]
+    # 1 process (2 threads) vs torchrun 2 x 1 thread
+    .venv/bin/python benchmarks/scale_speed.py processes  [--model tiny]
 
 Both train on the bundled chatterbot pairs with the default model (SmolLM2-135M; `--model tiny`: a tiny random
 Llama) and global batch 8. Step times exclude the first step (warm-up). Figures from a shared 2-core machine are
@@ -36,8 +38,8 @@ def checkpoint(a):
     model, tok, ds = _setup(a.model, 8 * a.steps)
     out = Path(tempfile.mkdtemp())
     timer = Timer()
-    cfg = TrainConfig(output_dir=str(out), epochs=1, batch_size=8, eval_every=0, log_every=1, save_every=a.every, save_limit=1,
-                      progress=False, seed=0)
+    cfg = TrainConfig(output_dir=str(out), epochs=1, batch_size=8, eval_every=0, log_every=1, save_every=a.every,
+                      save_limit=1, progress=False, seed=0)
     finetune(model, tok, ds, None, cfg, callbacks=[timer])
     ckpt = max(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
     size = sum(f.stat().st_size for f in ckpt.rglob("*") if f.is_file())
@@ -59,7 +61,8 @@ def _worker(a):
                       save_every=0, progress=False, seed=0)
     finetune(model, tok, ds, None, cfg, callbacks=[timer])
     if int(os.environ.get("RANK", 0)) == 0:
-        print("RESULT " + json.dumps({"step_s": sum(timer.steps) / len(timer.steps), "tokens_per_step": sum(ds["length"]) / a.steps}))
+        print("RESULT " + json.dumps({"step_s": sum(timer.steps) / len(timer.steps),
+                                      "tokens_per_step": sum(ds["length"]) / a.steps}))
 
 
 def processes(a):
@@ -67,7 +70,8 @@ def processes(a):
     runs = {"1 process x 2 threads, batch 8": ({"OMP_NUM_THREADS": "2"}, [sys.executable, *me, "--batch-size", "8"]),
             "1 process x 1 thread, batch 8": ({"OMP_NUM_THREADS": "1"}, [sys.executable, *me, "--batch-size", "8"]),
             "2 processes x 1 thread, batch 4 each (torchrun, gloo)": ({"OMP_NUM_THREADS": "1"},
-                [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *me, "--batch-size", "4"])}
+                [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *me,
+                 "--batch-size", "4"])}
     for name, (env, cmd) in runs.items():
         res = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **env})
         line = [l for l in res.stdout.splitlines() if l.startswith("RESULT ")]

@@ -34,8 +34,8 @@ def run_pipeline(model, tok, qs: list[str], max_tokens: int) -> tuple[float, lis
     from transformers import pipeline
     from gpt_finetune.data import stop_token_ids
     pipe = pipeline("text-generation", model=model, tokenizer=tok)
-    kwargs = dict(max_new_tokens=max_tokens, do_sample=False, eos_token_id=stop_token_ids(tok), pad_token_id=tok.pad_token_id,
-                  return_full_text=False)
+    kwargs = dict(max_new_tokens=max_tokens, do_sample=False, eos_token_id=stop_token_ids(tok),
+                  pad_token_id=tok.pad_token_id, return_full_text=False)
     pipe([{"role": "user", "content": "Hello"}], **kwargs)  # warm-up
     start = time.perf_counter()
     answers = [pipe([{"role": "user", "content": q}], **kwargs)[0]["generated_text"] for q in qs]

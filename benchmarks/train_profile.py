@@ -41,8 +41,11 @@ class Setup:
     def __init__(self, name: str, model):
         from gpt_finetune.speed import Bf16AdamW
         self.name, self.autocast, self.seconds, self.tokens = name, name in ("autocast", "batch16", "threads1"), 0.0, 0
-        if name == "bf16_master": self.model, self.opt = model.to(torch.bfloat16), Bf16AdamW(model.parameters(), lr=5e-5)
-        elif name == "bf16_sr": self.model, self.opt = model.to(torch.bfloat16), Bf16AdamW(model.parameters(), lr=5e-5, master_weights=False)
+        if name == "bf16_master":
+            self.model, self.opt = model.to(torch.bfloat16), Bf16AdamW(model.parameters(), lr=5e-5)
+        elif name == "bf16_sr":
+            self.model, self.opt = model.to(torch.bfloat16), Bf16AdamW(model.parameters(), lr=5e-5,
+                                                                       master_weights=False)
         else: self.model, self.opt = model, torch.optim.AdamW(model.parameters(), lr=5e-5, fused=True)
         self.model.train()
 
@@ -77,15 +80,18 @@ def main():
     for s in setups: s.step((rows16 if s.name == "batch16" else rows8)[0]); s.seconds, s.tokens = 0.0, 0  # warm-up
     losses = {s.name: [] for s in setups}
     for i in range(1, args.steps + 1):  # round robin: the same machine state for every setup
-        print(f"# round {i}: " + ", ".join(f"{s.name} {s.tokens / max(s.seconds, 1e-9):.0f} tok/s" for s in setups), flush=True)
+        print(f"# round {i}: " + ", ".join(f"{s.name} {s.tokens / max(s.seconds, 1e-9):.0f} tok/s" for s in setups),
+              flush=True)
         for s in setups:
             # batch16 sees the examples of two batch-8 rows in one row: the same tokens per measured pair of steps
             losses[s.name].append(s.step(rows16[i] if s.name == "batch16" else rows8[i]))
-    print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads, {args.steps} measured steps per setup, round robin")
+    print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads, {args.steps} measured steps per setup, "
+          "round robin")
     base = setups[0]
     for s in setups:
         print(f"{s.name:12s} {s.tokens / s.seconds:6.0f} tokens/s  {s.seconds / args.steps:5.2f} s/step  "
-              f"{(s.tokens / s.seconds) / (base.tokens / base.seconds):4.2f}x {base.name}  last loss {losses[s.name][-1]:.3f}")
+              f"{(s.tokens / s.seconds) / (base.tokens / base.seconds):4.2f}x {base.name}  "
+              f"last loss {losses[s.name][-1]:.3f}")
     if args.profile:
         s = next(x for x in setups if x.name == "autocast")
         with profile(activities=[ProfilerActivity.CPU]) as prof:

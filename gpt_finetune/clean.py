@@ -275,7 +275,8 @@ def plot_lengths(lengths: list[int],            # tokens per example
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(6, 3))
     ax.hist(lengths, bins=50, color="tab:blue")
-    if max_length: ax.axvline(max_length, color="tab:red", linestyle="--", label=f"max_length {max_length}"); ax.legend()
+    if max_length:
+        ax.axvline(max_length, color="tab:red", linestyle="--", label=f"max_length {max_length}"); ax.legend()
     ax.set_xlabel("tokens per example"); ax.set_ylabel("examples"); fig.tight_layout()
     fig.savefig(path, dpi=100); plt.close(fig)
     return Path(path)

@@ -58,18 +58,23 @@ class SweepConfig:
     output: OutputOptions = field(default_factory=lambda: OutputOptions("outputs/sweep"))
 
 # %% ../nbs/05_cli.ipynb #7bbf3fa3
-def data_report_text(data: dict, rows: list[dict], out: str, max_problems: int = 20) -> str:
+def data_report_text(data: dict, # the summary from `tokenize_splits`
+                     rows: list[dict], # the report rows from `tokenize_splits`
+                     out: str, # the output folder the report's files are in
+                     max_problems: int = 20, # invalid records listed, at most
+                    ) -> str:
     "The data report a person reads: formats, problems, reasons, duplicates, leakage, lengths, tokens."
-    from gpt_finetune.formats import PROBLEM_CLASSES
+    from gpt_finetune.files import PROBLEM_CLASSES
     from gpt_finetune.clean import reason_table
     n = lambda reason: sum(1 for r in rows if r["reason"] == reason)
     bad, L = [r for r in rows if r["reason"] in PROBLEM_CLASSES], data["train_lengths"]
     return "\n".join([
-        "formats: " + ", ".join(f"{f}: {fmt}" for f, fmt in data["formats"].items()) + f" ({data['records']:,} records read)",
+        "formats: " + ", ".join(f"{f}: {fmt}" for f, fmt in data["formats"].items())
+        + f" ({data['records']:,} records read)",
         f"invalid: {data['invalid']:,} records dropped",
         *[f"  {r['source']}: {r['message']} [{r['reason']}]" for r in bad[:max_problems]], reason_table(rows),
-        f"duplicates: {n('duplicate'):,} exact, {n('normalized_duplicate'):,} normalized, {n('near_duplicate'):,} near; "
-        f"{n('conflict'):,} records with conflicting answers",
+        f"duplicates: {n('duplicate'):,} exact, {n('normalized_duplicate'):,} normalized, "
+        f"{n('near_duplicate'):,} near; {n('conflict'):,} records with conflicting answers",
         f"leakage: {n('leakage'):,} validation/test records repeat training records",
         "kept: " + ", ".join(f"{k} {v:,}" for k, v in data["kept"].items()),
         f"train lengths (tokens): mean {L['mean']}, median {L['p50']}, p90 {L['p90']}, max {L['max']}; "
@@ -84,7 +89,8 @@ class EvalConfig:
     model: ModelOptions = field(default_factory=ModelOptions)
     data: str | None = option(None, "test records in any format `run` reads, each optionally with an `accept` list")
     fields: str | None = option(None, "rename fields before reading, e.g. question=input,answer=output")
-    baseline: str | None = option(None, "a model to compare against: folder, .gguf file, Hub id, or 'default' (SmolLM2)")
+    baseline: str | None = option(None, "a model to compare against: folder, .gguf file, Hub id, "
+                                  "or 'default' (SmolLM2)")
     output_dir: str = option("outputs/eval", "where metrics.json, answers.jsonl, report.md and the plots go")
     eval: EvalOptions = field(default_factory=EvalOptions)
     system: str | None = option(None, "system prompt for chat models (default: the template's own)")
@@ -93,7 +99,9 @@ class EvalConfig:
     seed: int = option(42, "seed of the bootstrap resampling")
 
 # %% ../nbs/05_cli.ipynb #9b43139b
-def load_eval_records(path: str | Path, fields: str | None = None) -> tuple[list[dict], dict]:
+def load_eval_records(path: str | Path, # a test file in any format `run` reads
+                      fields: str | None = None, # field renames, e.g. "question=input,answer=output"
+                     ) -> tuple[list[dict], dict]:
     "Read, check and clean an evaluation file; returns `(records, counts)`."
     from gpt_finetune.data import DataError
     from gpt_finetune.clean import CleanConfig, clean_dataset
@@ -107,7 +115,11 @@ def load_eval_records(path: str | Path, fields: str | None = None) -> tuple[list
                      "with_accept": sum(bool(r.get("accept")) for r in records)}
 
 # %% ../nbs/05_cli.ipynb #5c56f0d4
-def evaluate_job(cfg: EvalConfig, model=None, tokenizer=None, baseline: tuple | None = None) -> dict:
+def evaluate_job(cfg: EvalConfig, # the model, test file, baseline and output folder
+                 model=None, # a model already loaded; None: load `cfg.model`
+                 tokenizer=None, # its tokenizer
+                 baseline: tuple | None = None, # `(model, tokenizer)` to compare with; None: load `cfg.baseline` if set
+                ) -> dict:
     "Evaluate a model (and a baseline) on a test file; writes metrics.json, answers.jsonl and report.md."
     from gpt_finetune.evaluation import evaluate_model, references_of
     from gpt_finetune.compare import compare_models, sample_table, write_report
@@ -122,8 +134,8 @@ def evaluate_job(cfg: EvalConfig, model=None, tokenizer=None, baseline: tuple | 
     metrics, samples, base_answers = {"finetuned": tuned, "data": data, "timings": clock}, None, [{}] * len(records)
     if baseline is not None:
         with timed(clock, "baseline_evaluation_s"):
-            base, base_answers, clock["baseline_reused"] = baseline_evaluation(*baseline, records, cfg.eval.reuse_baseline,
-                                                                               **opts)
+            base, base_answers, clock["baseline_reused"] = baseline_evaluation(*baseline, records,
+                                                                               cfg.eval.reuse_baseline, **opts)
         comparison = compare_models(records, base_answers, tuned_answers, n_resamples=cfg.n_resamples, seed=cfg.seed)
         metrics = {"base": base, "finetuned": tuned, "data": data, "comparison": comparison, "timings": clock}
         samples = sample_table(records, base_answers, tuned_answers)
@@ -161,7 +173,10 @@ def _add_options(parser: argparse.ArgumentParser, cfg, prefix: str = "", keep: t
     return hidden
 
 # %% ../nbs/05_cli.ipynb #94236b6a
-def config_from(cfg, args: argparse.Namespace, prefix: str = ""):
+def config_from(cfg, # a dataclass instance: the defaults
+                args: argparse.Namespace, # parsed options, keyed by dotted field names
+                prefix: str = "", # the dotted path of `cfg` in the top-level config
+               ):
     "A copy of the dataclass instance `cfg` with the values of the parsed options."
     values = vars(args)
     return type(cfg)(**{f.name: config_from(getattr(cfg, f.name), args, prefix + f.name + ".")
@@ -201,8 +216,12 @@ def config_args(path: str | Path, # a YAML or JSON file of options
     return argv
 
 # %% ../nbs/05_cli.ipynb #ed62e61e
-def chat_repl(model, tokenizer, cfg: ChatConfig, read=input, # called with the prompt; returns the typed line
-              out=None) -> list[dict]:
+def chat_repl(model, # a causal LM, e.g. from `load_for_inference`
+              tokenizer, # its tokenizer
+              cfg: ChatConfig, # system prompt, sampling settings and answer length
+              read=input, # called with the prompt; returns the typed line
+              out=None, # a text stream the answers are written to; default: stdout
+             ) -> list[dict]:
     "Chat in the terminal with answers streamed as they are generated; returns the conversation."
     from gpt_finetune.deploy import chat
     out, start = out or sys.stdout, [{"role": "system", "content": cfg.system}] if cfg.system else []
@@ -232,12 +251,14 @@ def _run(cfg: RunConfig) -> int:
     print(metrics_table(metrics, style="text"))
     t, clock, disk = metrics["train"], metrics["timings"], metrics["disk"]
     print(f"trained {t['train_tokens']:,} tokens in {t['runtime_s']:.0f} s ({t['tokens_per_s']:.0f} tokens/s)")
-    print(f"time: base evaluation {clock['base_evaluation_s']:.0f} s" + (" (cached answers)" if clock["base_reused"] else "")
-          + f", training {clock['training_s']:.0f} s (of which evaluations {clock['training_evaluations_s'] or 0:.0f} s, "
-          f"checkpoints {clock['training_checkpoints_s'] or 0:.0f} s), final evaluation {clock['final_evaluation_s']:.0f} s, "
-          f"saving {clock['saving_s']:.0f} s")
+    print(f"time: base evaluation {clock['base_evaluation_s']:.0f} s"
+          + (" (cached answers)" if clock["base_reused"] else "")
+          + f", training {clock['training_s']:.0f} s (of which evaluations "
+          f"{clock['training_evaluations_s'] or 0:.0f} s, checkpoints {clock['training_checkpoints_s'] or 0:.0f} s), "
+          f"final evaluation {clock['final_evaluation_s']:.0f} s, saving {clock['saving_s']:.0f} s")
     freed = disk["checkpoint_bytes_removed"]
-    print(f"disk: {human_size(disk['output_bytes'])} in {cfg.output.output_dir}/ (model {human_size(disk['model_bytes'])})"
+    print(f"disk: {human_size(disk['output_bytes'])} in {cfg.output.output_dir}/ "
+          f"(model {human_size(disk['model_bytes'])})"
           + (f"; {human_size(freed)} of checkpoints removed (--keep-checkpoints keeps them)" if freed else ""))
     return 0
 
@@ -345,7 +366,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 # %% ../nbs/05_cli.ipynb #e2648b2c
-def parse_args(argv: list[str], parser: argparse.ArgumentParser | None = None) -> argparse.Namespace:
+def parse_args(argv: list[str], # the arguments after the program name
+               parser: argparse.ArgumentParser | None = None, # default: `build_parser()`
+              ) -> argparse.Namespace:
     "Parse `argv`; a `--config` file's options go before the typed ones, so typed flags win."
     parser = parser or build_parser()
     pre = argparse.ArgumentParser(add_help=False)
@@ -366,7 +389,8 @@ def _user_errors() -> tuple:
     return tuple(found)
 
 # %% ../nbs/05_cli.ipynb #991dec8a
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, # the arguments after the program name; default: `sys.argv[1:]`
+        ) -> int:
     "Entry point of the `gpt-finetune` command."
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     args = parse_args(argv)

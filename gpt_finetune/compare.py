@@ -23,7 +23,10 @@ __all__ = ['paired_bootstrap', 'mean_of', 'statistic', 'record_stats', 'compare_
 def paired_bootstrap(base: np.ndarray, # per-record statistics of the base model, shape (records, k)
                      tuned: np.ndarray, # the fine-tuned model's, same records in the same order
                      score, # maps summed statistics, shape (resamples, k), to one value per resample
-                     n_resamples: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
+                     n_resamples: int = 1000, # bootstrap resamples
+                     seed: int = 0, # seed of the resampling
+                     level: float = 0.95, # coverage of the intervals, e.g. 0.95
+                    ) -> dict:
     "Both scores, their difference, and percentile intervals from resampling the same records for both models."
     base, tuned = np.asarray(base, float), np.asarray(tuned, float)
     n, rng = len(base), np.random.default_rng(seed)
@@ -34,10 +37,12 @@ def paired_bootstrap(base: np.ndarray, # per-record statistics of the base model
         b0, t0 = float(score(base.sum(0, keepdims=True))[0]), float(score(tuned.sum(0, keepdims=True))[0])
         b, t = score(counts @ base), score(counts @ tuned)
         ci = lambda x: [float(v) for v in np.nanpercentile(x, [50 * (1 - level), 50 * (1 + level)])]
-        return {"base": b0, "finetuned": t0, "diff": t0 - b0, "diff_ci": ci(t - b), "base_ci": ci(b), "finetuned_ci": ci(t)}
+        return {"base": b0, "finetuned": t0, "diff": t0 - b0, "diff_ci": ci(t - b), "base_ci": ci(b),
+                "finetuned_ci": ci(t)}
 
 # %% ../nbs/03a_compare.ipynb #d7e5f05a
-def mean_of(stats: np.ndarray) -> np.ndarray:
+def mean_of(stats: np.ndarray, # summed statistics, shape (resamples, 2): (value or loss sum, count)
+           ) -> np.ndarray:
     "Column 0 summed over column 1: a mean score (value, 1) or a token-weighted loss (loss sum, tokens)."
     return stats[:, 0] / stats[:, 1]
 
@@ -48,7 +53,8 @@ def _sacre_score(metric):
     return lambda stats: np.array([metric._compute_score_from_stats(list(row)).score / 100 for row in stats])
 
 # %% ../nbs/03a_compare.ipynb #e5806b29
-def statistic(key: str): # a metric of the registry, `METRICS`
+def statistic(key: str, # a metric of the registry, `METRICS`
+             ):
     "The function from summed per-record statistics (resamples, k) to metric `key`, following its `aggregate`."
     kind = METRICS[key].aggregate
     if kind == "corpus": return _sacre_score(_SACRE[key])
@@ -56,7 +62,9 @@ def statistic(key: str): # a metric of the registry, `METRICS`
 
 # %% ../nbs/03a_compare.ipynb #f5d0a764
 def record_stats(key: str, # a metric of the registry, `METRICS`
-                 records: list[dict], answers: list[dict]) -> np.ndarray:
+                 records: list[dict], # test records, for their references
+                 answers: list[dict], # one model's answers from `evaluate_model`, same order
+                ) -> np.ndarray:
     "Per-record statistics whose column sums give metric `key` through `statistic(key)`."
     if key in ("eval_loss", "perplexity"): return np.array([[a["loss"], a["loss_tokens"]] for a in answers], float)
     if key in _SACRE:
@@ -75,9 +83,13 @@ def _verdict(diff_ci: list[float], better: str | None) -> str:
     return "better" if (lo > 0) == (better == "higher") else "worse"
 
 # %% ../nbs/03a_compare.ipynb #7049aa74
-def compare_models(records: list[dict], base_answers: list[dict], tuned_answers: list[dict],
+def compare_models(records: list[dict], # test records with reference answers
+                   base_answers: list[dict], # the base model's answers from `evaluate_model`
+                   tuned_answers: list[dict], # the fine-tuned model's, same records in the same order
                    keys: tuple | None = None, # metrics of the registry; default: all of them
-                   n_resamples: int = 1000, seed: int = 0) -> dict:
+                   n_resamples: int = 1000, # bootstrap resamples per metric
+                   seed: int = 0, # seed of the resampling
+                  ) -> dict:
     "Per metric: base, fine-tuned, difference, paired-bootstrap 95 % intervals and a verdict."
     out = {}
     for key in keys or tuple(METRICS):
@@ -119,7 +131,8 @@ def metrics_table(metrics: dict, # `finetuned` metrics, optionally `base` and `c
     "The one metrics table: one model's metrics, both models with the change, or the comparison with its intervals."
     rows = _table_cells(metrics)
     if style == "markdown":
-        return "\n".join("| " + " | ".join(_cell(c) for c in r) + " |" for r in [rows[0], ["---"] * len(rows[0])] + rows[1:])
+        return "\n".join("| " + " | ".join(_cell(c) for c in r) + " |"
+                         for r in [rows[0], ["---"] * len(rows[0])] + rows[1:])
     if style != "text": raise ValueError(f"unknown table style {style!r}; use 'markdown' or 'text'")
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     line = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
@@ -131,16 +144,20 @@ def _err(rows: list[dict], side: str) -> np.ndarray:
     return np.abs(np.stack([v - ci[:, 0], ci[:, 1] - v]))
 
 # %% ../nbs/03a_compare.ipynb #a4797e15
-def plot_comparison(comparison: dict, path: str | Path | None = None):
+def plot_comparison(comparison: dict, # from `compare_models`
+                    path: str | Path | None = None, # the PNG to write; None: not saved
+                   ):
     "Bars of both models' bounded scores and of the differences, with 95 % error bars; saved to `path` if given."
     import matplotlib.pyplot as plt  # no backend switch: a notebook keeps showing figures inline
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.8))
-    keys = [k for k in comparison if METRICS[k].bounds == (0.0, 1.0)]; rows = [comparison[k] for k in keys]; x = np.arange(len(keys))
+    keys = [k for k in comparison if METRICS[k].bounds == (0.0, 1.0)]
+    rows = [comparison[k] for k in keys]; x = np.arange(len(keys))
     for dx, side, label in ((-0.2, "base", "base"), (0.2, "finetuned", "fine-tuned")):
         ax1.bar(x + dx, [r[side] for r in rows], 0.4, yerr=_err(rows, side), capsize=3, label=label)
     ax1.set(xticks=x, xticklabels=keys, ylim=(0, 1.05), title="Scores (95 % bootstrap intervals)"); ax1.legend()
     ax1.tick_params(axis="x", rotation=20)
-    keys = [k for k in comparison if METRICS[k].better and METRICS[k].aggregate != "exp_token_mean"]; rows = [comparison[k] for k in keys]
+    keys = [k for k in comparison if METRICS[k].better and METRICS[k].aggregate != "exp_token_mean"]
+    rows = [comparison[k] for k in keys]
     ci = np.array([r["diff_ci"] for r in rows], float); d = np.array([r["diff"] for r in rows], float)
     ax2.barh(keys, d, xerr=np.abs(np.stack([d - ci[:, 0], ci[:, 1] - d])), capsize=3, color="C2")
     ax2.axvline(0, color="k", lw=0.8); ax2.invert_yaxis(); ax2.set(title="Fine-tuned − base (95 % interval)")
@@ -149,24 +166,34 @@ def plot_comparison(comparison: dict, path: str | Path | None = None):
     return fig
 
 # %% ../nbs/03a_compare.ipynb #bfd42a82
-def sample_table(records: list[dict], base_answers: list[dict], tuned_answers: list[dict],
+def sample_table(records: list[dict], # test records with reference answers
+                 base_answers: list[dict], # the base model's answers from `evaluate_model`
+                 tuned_answers: list[dict], # the fine-tuned model's, same records in the same order
                  by: str = "token_f1", # per-record score to rank by: token_f1, rougeL or exact_match
-                 k: int = 5) -> dict:
+                 k: int = 5, # questions listed on each side, at most
+                ) -> dict:
     "The `k` questions the fine-tuned model improved most (`wins`) and worsened most (`losses`) by `by`."
     rows = [{"input": r["input"], "reference": r["output"], "base": b["text"], "finetuned": t["text"],
-             "base_score": b["scores"][by], "finetuned_score": t["scores"][by], "diff": t["scores"][by] - b["scores"][by]}
-            for r, b, t in zip(records, base_answers, tuned_answers) if b["scores"][by] is not None and t["scores"][by] is not None]
+             "base_score": b["scores"][by], "finetuned_score": t["scores"][by],
+             "diff": t["scores"][by] - b["scores"][by]}
+            for r, b, t in zip(records, base_answers, tuned_answers)
+            if b["scores"][by] is not None and t["scores"][by] is not None]
     ranked = sorted(rows, key=lambda row: row["diff"])
-    return {"by": by, "wins": [r for r in ranked[::-1] if r["diff"] > 0][:k], "losses": [r for r in ranked if r["diff"] < 0][:k]}
+    return {"by": by, "wins": [r for r in ranked[::-1] if r["diff"] > 0][:k],
+            "losses": [r for r in ranked if r["diff"] < 0][:k]}
 
 # %% ../nbs/03a_compare.ipynb #7792a419
-def samples_markdown(samples: dict) -> str:
+def samples_markdown(samples: dict, # from `sample_table`
+                    ) -> str:
     "Markdown tables of the biggest wins and losses: input, reference, both answers and their scores."
     out = []
     for name in ("wins", "losses"):
         out += [f"### Biggest {name} (by {samples['by']})", ""]
-        if not samples[name]: out += [f"No question where the fine-tuned model did {'better' if name == 'wins' else 'worse'}.", ""]; continue
-        out += ["| input | reference | base answer | fine-tuned answer | base | fine-tuned |", "|---|---|---|---|---|---|"]
+        if not samples[name]:
+            out += [f"No question where the fine-tuned model did {'better' if name == 'wins' else 'worse'}.", ""]
+            continue
+        out += ["| input | reference | base answer | fine-tuned answer | base | fine-tuned |",
+                "|---|---|---|---|---|---|"]
         out += [f"| {_cell(r['input'])} | {_cell(r['reference'])} | {_cell(r['base'])} | {_cell(r['finetuned'])} "
                 f"| {r['base_score']:.2f} | {r['finetuned_score']:.2f} |" for r in samples[name]] + [""]
     return "\n".join(out)
@@ -178,7 +205,7 @@ def _train_loss_at(history: LossHistory, step: int) -> float | None:
 
 # %% ../nbs/03a_compare.ipynb #ed084c1f
 def overfitting_report(history: LossHistory, # `.train` and `.valid`: lists of (step, loss)
-                       tolerance: float = 0.02, # relative rise above the best validation loss that counts as overfitting
+                       tolerance: float = 0.02, # relative rise above best validation loss that counts as overfitting
                       ) -> dict:
     "Best validation step and loss, final losses, the train/validation gap, and whether validation loss has risen."
     if not history.valid:
@@ -188,10 +215,13 @@ def overfitting_report(history: LossHistory, # `.train` and `.valid`: lists of (
     step, last = history.valid[-1]
     train = _train_loss_at(history, step)
     return {"best_step": best_step, "best_valid_loss": best, "final_step": step, "final_valid_loss": last,
-            "final_train_loss": train, "gap": None if train is None else last - train, "overfitting": last > best * (1 + tolerance)}
+            "final_train_loss": train, "gap": None if train is None else last - train,
+            "overfitting": last > best * (1 + tolerance)}
 
 # %% ../nbs/03a_compare.ipynb #82120833
-def plot_overfitting(history: LossHistory, path: str | Path | None = None):
+def plot_overfitting(history: LossHistory, # `.train` and `.valid`: lists of (step, loss)
+                     path: str | Path | None = None, # the PNG to write; None: not saved
+                    ):
     "Training and validation loss with the gap shaded and the best validation step marked; saved to `path` if given."
     import matplotlib.pyplot as plt  # no backend switch: a notebook keeps showing figures inline
     fig, ax = plt.subplots(figsize=(6.5, 3.8))
@@ -199,7 +229,8 @@ def plot_overfitting(history: LossHistory, path: str | Path | None = None):
     if history.valid:
         steps, valid = map(np.array, zip(*history.valid))
         ax.plot(steps, valid, "o-", label="validation loss")
-        if history.train: ax.fill_between(steps, np.interp(steps, *map(np.array, zip(*history.train))), valid, alpha=0.2, label="gap")
+        if history.train:
+            ax.fill_between(steps, np.interp(steps, *map(np.array, zip(*history.train))), valid, alpha=0.2, label="gap")
         best = overfitting_report(history)["best_step"]
         ax.axvline(best, color="k", ls="--", lw=0.8, label=f"best step ({best})")
     ax.set(xlabel="step", ylabel="loss (answer tokens)", title="Overfitting view"); ax.legend()
@@ -215,26 +246,30 @@ def _unscored_markdown(metrics: dict) -> list[str]:
             + [f"| {side} | {u['metric']} | {_cell(u['record'])} | {_cell(u['reason'])} |" for side, u in rows] + [""])
 
 # %% ../nbs/03a_compare.ipynb #cecda303
-def write_report(out_dir: str | Path, metrics: dict, # `base`/`finetuned` metrics, `data`, and optionally `comparison`
+def write_report(out_dir: str | Path, # the folder for report.md and its plots (created if missing)
+                 metrics: dict, # `base`/`finetuned` metrics, `data`, and optionally `comparison`
                  samples: dict | None = None, # from `sample_table`
                  history: LossHistory | None = None, # training history, for the overfitting view
                  models: dict | None = None, # names shown for "base" and "finetuned"
-                 title: str = "Evaluation report") -> Path:
+                 title: str = "Evaluation report", # the report's heading
+                ) -> Path:
     "Write `report.md` with its plots into `out_dir`; returns its path."
     out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
     parts = [f"# {title}", ""] + [f"- {side}: `{name}`" for side, name in (models or {}).items()]
     if metrics.get("data"): parts += ["", "Data: `" + json.dumps(metrics["data"], default=str) + "`", ""]
     if "comparison" in metrics:
         plot_comparison(metrics["comparison"], out / "comparison.png")
-        parts += ["## Base vs fine-tuned", "", "Differences are fine-tuned minus base; the intervals come from a paired bootstrap "
-                  "over the test records (1,000 resamples). *better*/*worse* only where the interval excludes zero.", "",
+        parts += ["## Base vs fine-tuned", "",
+                  "Differences are fine-tuned minus base; the intervals come from a paired bootstrap "
+                  "over the test records (1,000 resamples). *better*/*worse* only where the interval excludes zero.",
+                  "",
                   metrics_table(metrics), "", "![metrics with 95 % intervals](comparison.png)", ""]
     else: parts += ["## Metrics", "", metrics_table(metrics), ""]
     parts += _unscored_markdown(metrics)
     if samples: parts += ["## Where the models differ most", "", samples_markdown(samples)]
     if history is not None and history.valid:
         plot_overfitting(history, out / "overfitting.png")
-        parts += ["## Training: overfitting view", "", "```json", json.dumps(overfitting_report(history), indent=1), "```", "",
-                  "![train vs validation loss](overfitting.png)", ""]
+        parts += ["## Training: overfitting view", "", "```json", json.dumps(overfitting_report(history), indent=1),
+                  "```", "", "![train vs validation loss](overfitting.png)", ""]
     (out / "report.md").write_text("\n".join(parts), encoding="utf-8")
     return out / "report.md"

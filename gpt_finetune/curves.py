@@ -25,13 +25,16 @@ class LossHistory(TrainerCallback):
         if "eval_token_accuracy" in logs: self.accuracy.append((state.global_step, logs["eval_token_accuracy"]))
 
 # %% ../nbs/01b_curves.ipynb #9a353152
-def safe_exp(x: float) -> float:
+def safe_exp(x: float, # the exponent, e.g. a mean loss in nats
+            ) -> float:
     "`exp(x)`, or infinity where it would overflow: perplexity of a very wrong model."
     try: return math.exp(x)
     except OverflowError: return float("inf")
 
 # %% ../nbs/01b_curves.ipynb #462bee7e
-def plot_losses(history: LossHistory, path: str | Path | None = None):
+def plot_losses(history: LossHistory, # losses collected during training
+                path: str | Path | None = None, # the PNG to write; None: not saved
+               ):
     "Training and validation loss, and validation perplexity, over steps; saved to `path` if given."
     import matplotlib.pyplot as plt  # no backend switch: a notebook keeps showing figures inline
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.5))
@@ -52,7 +55,8 @@ class EvalLog(TrainerCallback):
         from tqdm.auto import tqdm
         acc = metrics.get("eval_token_accuracy")
         tqdm.write(f"eval step {state.global_step}/{state.max_steps} (epoch {state.epoch or 0:.2f}): validation loss "
-                   f"{metrics['eval_loss']:.3f}, perplexity {metrics.get('eval_perplexity', safe_exp(metrics['eval_loss'])):.2f}"
+                   f"{metrics['eval_loss']:.3f}, perplexity "
+                   f"{metrics.get('eval_perplexity', safe_exp(metrics['eval_loss'])):.2f}"
                    + (f", token accuracy {100 * acc:.1f}%" if acc is not None else ""), file=sys.stderr)
 
 # %% ../nbs/01b_curves.ipynb #e468ebdf
@@ -63,9 +67,11 @@ def _in_notebook() -> bool:
 
 # %% ../nbs/01b_curves.ipynb #904fe46e
 class LivePlot(LossHistory):
-    "A `LossHistory` that redraws loss and perplexity in a notebook at each evaluation and saves them as PNG at the end."
+    ("A `LossHistory` that redraws loss and perplexity in a notebook at each evaluation and saves them "
+     "as PNG at the end.")
     def __init__(self, path: str | Path | None = None, # where to save the final figure
-                 live: bool | None = None): # redraw during training; default: only inside a Jupyter notebook
+                 live: bool | None = None, # redraw during training; default: only inside a Jupyter notebook
+                ):
         super().__init__()
         self.path, self.live, self._handle = path, _in_notebook() if live is None else live, None
 
@@ -89,7 +95,9 @@ _LOG_COLUMNS = {"epoch": "epoch", "train_loss": "loss", "valid_loss": "eval_loss
 
 class TrainingLog(TrainerCallback):
     "Writes `training_log.csv` (step, epoch, losses, perplexity, token accuracy, learning rate) at every log."
-    def __init__(self, path: str | Path): self.path = Path(path)
+    def __init__(self, path: str | Path, # the CSV file, rewritten at every log
+                ):
+        self.path = Path(path)
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero: return
         rows = {}
@@ -108,7 +116,8 @@ class TrackerError(ModelError):
 _TRACKER_PACKAGES = {"tensorboard": ("tensorboard", "tensorboardX"), "trackio": ("trackio",), "wandb": ("wandb",),
                      "mlflow": ("mlflow",)}
 
-def tracker(name: str) -> str:
+def tracker(name: str, # none, tensorboard, trackio, wandb or mlflow
+           ) -> str:
     "Check that tracker `name` can be used, switch it to its offline mode where it has one; the Trainer's `report_to`."
     if name == "none": return "none"
     if name not in _TRACKER_PACKAGES:

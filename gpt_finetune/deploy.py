@@ -24,7 +24,9 @@ __all__ = ['DEFAULT_HUB_ID', 'DEFAULT_LICENSE', 'generation_config_for', 'hub_id
 _all_ = ["Detokenizer"]  # the incremental detokenizer of the generation core, for streaming clients
 
 # %% ../nbs/04_deploy.ipynb #de437abb
-def generation_config_for(tokenizer, max_new_tokens: int = 128) -> GenerationConfig:
+def generation_config_for(tokenizer, # its end-of-turn token(s) end the answers
+                          max_new_tokens: int = 128, # the longest answer, in tokens
+                         ) -> GenerationConfig:
     "Greedy decoding that stops at the tokenizer's end-of-turn token(s)."
     stops = stop_token_ids(tokenizer)
     return GenerationConfig(eos_token_id=stops if len(stops) > 1 else stops[0], pad_token_id=tokenizer.pad_token_id,
@@ -66,10 +68,12 @@ relying on them, and do not use it for medical, legal, financial or safety decis
 """
 
 # %% ../nbs/04_deploy.ipynb #80659bf0
-DEFAULT_HUB_ID, DEFAULT_LICENSE = "HuggingFaceTB/SmolLM2-135M-Instruct", "apache-2.0"  # where the default model comes from
+# where the default model comes from
+DEFAULT_HUB_ID, DEFAULT_LICENSE = "HuggingFaceTB/SmolLM2-135M-Instruct", "apache-2.0"
 
 # %% ../nbs/04_deploy.ipynb #60f0662b
-def hub_id(name: str | None) -> str | None:
+def hub_id(name: str | None, # a model name, Hub id or folder; None: the default model
+          ) -> str | None:
     "The Hub id of a base model given by name: the default model's, an `org/name` id as is, None for a local folder."
     if name in (None, "default", DEFAULT_MODEL, DEFAULT_HUB_ID): return DEFAULT_HUB_ID
     name = str(name)
@@ -87,13 +91,14 @@ def _no_paths(x):
 # %% ../nbs/04_deploy.ipynb #69ba9856
 def _eval_results(metrics: dict, dataset: str) -> list[EvalResult]:
     tuned = metrics.get("finetuned") or {}
-    return [EvalResult(task_type="text-generation", dataset_type=dataset, dataset_name=f"{dataset} (held-out test split)",
-                       dataset_split="test", metric_type=k, metric_name=k, metric_value=round(float(tuned[k]), 6))
+    return [EvalResult(task_type="text-generation", dataset_type=dataset,
+                       dataset_name=f"{dataset} (held-out test split)", dataset_split="test", metric_type=k,
+                       metric_name=k, metric_value=round(float(tuned[k]), 6))
             for k in METRICS if isinstance(tuned.get(k), (int, float))]
 
 # %% ../nbs/04_deploy.ipynb #2db7c980
 def model_card(base_model: str | None, # name, Hub id or folder of the base model
-               metrics: dict | None = None, # `base`/`finetuned` metrics, `comparison`, and `data` (its `source`, counts)
+               metrics: dict | None = None, # `base`/`finetuned` metrics, `comparison` and `data` (its `source`, counts)
                config: dict | None = None, # the training configuration, shown as JSON
                license: str | None = None, # default: the default model's license, else none stated
                model_name: str = "gpt_finetune-model", # the name the Hub shows for the results
@@ -104,7 +109,8 @@ def model_card(base_model: str | None, # name, Hub id or folder of the base mode
     source = str(data.get("source") or "unknown data")
     name = source.split(":")[0]  # a Hub dataset is `org/name[:split]`; a local file has a suffix
     hub_data = name if hub_id(name) not in (None, DEFAULT_HUB_ID) and not Path(name).suffix else None
-    meta = ModelCardData(base_model=base_id, license=license or (DEFAULT_LICENSE if base_id == DEFAULT_HUB_ID else None),
+    meta = ModelCardData(base_model=base_id,
+                         license=license or (DEFAULT_LICENSE if base_id == DEFAULT_HUB_ID else None),
                          library_name="transformers", pipeline_tag="text-generation",
                          datasets=[hub_data] if hub_data else None,
                          tags=["gpt_finetune", "fine-tuned", "causal-lm"], model_name=model_name,
@@ -113,12 +119,15 @@ def model_card(base_model: str | None, # name, Hub id or folder of the base mode
     return ModelCard(f"---\n{meta.to_yaml()}\n---\n{body}")
 
 # %% ../nbs/04_deploy.ipynb #662f45de
-def save_model(model, tokenizer, out_dir: str | Path,
+def save_model(model, # a causal LM, or a peft model with LoRA adapters
+               tokenizer, # its tokenizer, saved with its chat template
+               out_dir: str | Path, # the folder to write
                base_model: str = "unknown", # name or folder of the base model: in the card, and in an adapter's config
-               metrics: dict | None = None, config: dict | None = None,
+               metrics: dict | None = None, # `base`/`finetuned` metrics, `comparison` and `data`, for the model card
+               config: dict | None = None, # the training configuration, for the model card
                adapter_only: bool = False, # LoRA only: save the adapter alone instead of merged full weights
                max_new_tokens: int = 128, # default answer length in the saved generation config
-               push_to: str | None = None, # also upload the folder to this Hub repository, "user/name" (token: HF_TOKEN)
+               push_to: str | None = None, # also upload the folder to this Hub repository "user/name" (token: HF_TOKEN)
               ) -> Path:
     "Save weights (safetensors) or a LoRA adapter, tokenizer, generation config and model card into `out_dir`."
     out_dir, gen_cfg = Path(out_dir), generation_config_for(tokenizer, max_new_tokens)
@@ -142,7 +151,8 @@ class HubError(ModelError):
 def push_to_hub(model_dir: str | Path, # a folder written by `save_model`
                 repo_id: str, # "user/name" on the Hub
                 token: str | None = None, # default: the HF_TOKEN environment variable
-                private: bool = True) -> str:
+                private: bool = True, # create the repository as private (an existing one keeps its setting)
+               ) -> str:
     "Upload a saved model folder to the Hugging Face Hub; returns the repository's URL."
     from huggingface_hub import HfApi
     token = token or os.environ.get("HF_TOKEN")
@@ -151,7 +161,8 @@ def push_to_hub(model_dir: str | Path, # a folder written by `save_model`
     try:
         url = api.create_repo(repo_id, private=private, exist_ok=True)
         api.upload_folder(folder_path=str(model_dir), repo_id=repo_id, commit_message="Upload with gpt_finetune")
-    except Exception as e: raise HubError(f"cannot push to {repo_id}: {type(e).__name__}: {str(e).strip().splitlines()[0]}") from None
+    except Exception as e:
+        raise HubError(f"cannot push to {repo_id}: {type(e).__name__}: {str(e).strip().splitlines()[0]}") from None
     return str(url)
 
 # %% ../nbs/04_deploy.ipynb #75d82da5
@@ -181,31 +192,44 @@ def sampling_args(temperature: float = 0.0, # 0 is greedy: the most likely token
                   seed: int | None = None, # makes sampled answers repeatable
                  ) -> dict:
     "Keyword arguments of `generate_ids` for these sampling settings; one-line `ValueError` for impossible ones."
-    if temperature < 0 or not 0 < top_p <= 1: raise ValueError(f"need temperature >= 0 and 0 < top_p <= 1, got {temperature}, {top_p}")
+    if temperature < 0 or not 0 < top_p <= 1:
+        raise ValueError(f"need temperature >= 0 and 0 < top_p <= 1, got {temperature}, {top_p}")
     if temperature == 0: return {"do_sample": False}
     return {"do_sample": True, "temperature": temperature, "top_p": top_p, "seed": seed}
 
 # %% ../nbs/04_deploy.ipynb #be29adcd
-def generate(model, tokenizer, prompts: list[str], # rendered prompts (see `render_chat`), or any raw text
+def generate(model, # a causal LM
+             tokenizer, # its tokenizer
+             prompts: list[str], # rendered prompts (see `render_chat`), or any raw text
              max_new_tokens: int | None = None, # default: the model's generation config
-             temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None,
+             temperature: float = 0.0, # 0: greedy; higher: more varied answers
+             top_p: float = 1.0, # sample only from the most likely tokens whose probabilities sum to top_p
+             seed: int | None = None, # makes sampled answers repeatable
              stop: list[str] | None = None, # strings that end an answer (cut before them)
              batch_size: int = 16, # prompts generated together
             ) -> list[dict]:
     "Continue rendered prompts with sampling settings; `text`, `finish_reason`, token counts and `ids` for each."
     limit = max_new_tokens or model.generation_config.max_new_tokens or 128
-    return generate_texts(model, tokenizer, prompts, limit, batch_size, stop=stop, **sampling_args(temperature, top_p, seed))
+    return generate_texts(model, tokenizer, prompts, limit, batch_size, stop=stop,
+                          **sampling_args(temperature, top_p, seed))
 
 # %% ../nbs/04_deploy.ipynb #10b7f28a
-def stream(model, tokenizer, prompt: str, # one rendered prompt
-           max_new_tokens: int | None = None, temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None,
-           stop: list[str] | None = None):
+def stream(model, # a causal LM
+           tokenizer, # its tokenizer
+           prompt: str, # one rendered prompt
+           max_new_tokens: int | None = None, # default: the model's generation config
+           temperature: float = 0.0, # 0: greedy; higher: more varied answers
+           top_p: float = 1.0, # sample only from the most likely tokens whose probabilities sum to top_p
+           seed: int | None = None, # makes sampled answers repeatable
+           stop: list[str] | None = None, # strings that end an answer (cut before them)
+          ):
     "Yield the continuation of one rendered prompt in pieces of text as they are generated."
     tokens, gone, stop = queue.Queue(), threading.Event(), list(stop or [])
     limit = max_new_tokens or model.generation_config.max_new_tokens or 128
     def work():
-        try: generate_ids(model, tokenizer, encode_prompts(tokenizer, [prompt]), limit, on_token=lambda i, t: tokens.put(t),
-                          cancelled=lambda i: gone.is_set(), stop=[stop], **sampling_args(temperature, top_p, seed))
+        try: generate_ids(model, tokenizer, encode_prompts(tokenizer, [prompt]), limit,
+                          on_token=lambda i, t: tokens.put(t), cancelled=lambda i: gone.is_set(), stop=[stop],
+                          **sampling_args(temperature, top_p, seed))
         except Exception as e: tokens.put(e)
         tokens.put(None)
     worker, detok = threading.Thread(target=work, daemon=True), Detokenizer(tokenizer, stop)
@@ -218,8 +242,13 @@ def stream(model, tokenizer, prompt: str, # one rendered prompt
     finally: gone.set(); worker.join()
 
 # %% ../nbs/04_deploy.ipynb #70ebaf3a
-def chat(model, tokenizer, messages: list[dict] | list[list[dict]], # one conversation, or a list of them (a batch)
-         max_new_tokens: int | None = None, temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None,
+def chat(model, # a causal LM with a chat template
+         tokenizer, # its tokenizer
+         messages: list[dict] | list[list[dict]], # one conversation, or a list of them (a batch)
+         max_new_tokens: int | None = None, # default: the model's generation config
+         temperature: float = 0.0, # 0: greedy; higher: more varied answers
+         top_p: float = 1.0, # sample only from the most likely tokens whose probabilities sum to top_p
+         seed: int | None = None, # makes sampled answers repeatable
          stop: list[str] | None = None, # strings that end an answer (cut before them)
          stream_text: bool = False, # return a generator of text pieces (one conversation only)
         ):
@@ -229,13 +258,20 @@ def chat(model, tokenizer, messages: list[dict] | list[list[dict]], # one conver
     if stream_text:
         if batched: raise ValueError("streaming answers one conversation at a time")
         return stream(model, tokenizer, prompts[0], max_new_tokens, temperature, top_p, seed, stop)
-    texts = [r["text"].strip() for r in generate(model, tokenizer, prompts, max_new_tokens, temperature, top_p, seed, stop)]
+    texts = [r["text"].strip()
+             for r in generate(model, tokenizer, prompts, max_new_tokens, temperature, top_p, seed, stop)]
     return texts if batched else texts[0]
 
 # %% ../nbs/04_deploy.ipynb #cb733837
-def ask(model, tokenizer, question: str, # one bare question
-        system: str | None = None, max_new_tokens: int | None = None, # default: the model's generation config
-        temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None) -> str:
+def ask(model, # a causal LM with a chat template
+        tokenizer, # its tokenizer
+        question: str, # one bare question
+        system: str | None = None, # system prompt; None: the chat template's own, if any
+        max_new_tokens: int | None = None, # default: the model's generation config
+        temperature: float = 0.0, # 0: greedy; higher: more varied answers
+        top_p: float = 1.0, # sample only from the most likely tokens whose probabilities sum to top_p
+        seed: int | None = None, # makes sampled answers repeatable
+       ) -> str:
     "The model's answer to one question, as a string: the quickest way to try a model."
     turns = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": question}]
     return chat(model, tokenizer, turns, max_new_tokens, temperature, top_p, seed)

@@ -15,7 +15,8 @@ from transformers import DynamicCache
 from transformers.generation import TopPLogitsWarper
 
 from . import metrics as metrics_module
-from .data import DataError, PackedCollator, encode_prompts, prompt_text, render_chat, stop_token_ids, tokenize_records
+from .data import (DataError, PackedCollator, encode_prompts, prompt_text, render_chat, stop_token_ids,
+                               tokenize_records)
 from .curves import safe_exp
 
 # %% auto #0
@@ -46,9 +47,13 @@ def _packed_token_losses(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor
 
 # %% ../nbs/03_evaluate.ipynb #95289169
 @torch.no_grad()
-def record_losses(model, tokenizer, records: list[dict], batch_size: int = 16,
+def record_losses(model, # a causal LM
+                  tokenizer, # its tokenizer
+                  records: list[dict], # records with reference answers (`formats.load_records`)
+                  batch_size: int = 16, # records packed into one forward pass
                   full_text: bool = False, # score the prompt's tokens too, not only the answer and its end token
-                  system: str | None = None) -> list[dict]:
+                  system: str | None = None, # system prompt for chat templates (None: the template's own)
+                 ) -> list[dict]:
     "Each record's summed loss (`loss`) and number of scored tokens (`tokens`)."
     ds, collate = tokenize_records(records, tokenizer, system), PackedCollator()
     if full_text: ds = ds.map(lambda row: {"labels": row["input_ids"]})
@@ -66,21 +71,28 @@ def record_losses(model, tokenizer, records: list[dict], batch_size: int = 16,
 # %% ../nbs/03_evaluate.ipynb #41d692d2
 def _loss_summary(rows: list[dict], prefix: str = "") -> dict:
     loss = sum(r["loss"] for r in rows) / max(sum(r["tokens"] for r in rows), 1)
-    names = ("full_text_loss", "full_text_perplexity", "full_text_tokens") if prefix else ("eval_loss", "perplexity", "answer_tokens")
+    names = (("full_text_loss", "full_text_perplexity", "full_text_tokens") if prefix
+             else ("eval_loss", "perplexity", "answer_tokens"))
     return dict(zip(names, (loss, safe_exp(loss), sum(r["tokens"] for r in rows))))
 
 # %% ../nbs/03_evaluate.ipynb #12062a27
-def answer_perplexity(model, tokenizer, records: list[dict], batch_size: int = 16,
+def answer_perplexity(model, # a causal LM
+                      tokenizer, # its tokenizer
+                      records: list[dict], # records with reference answers
+                      batch_size: int = 16, # records packed into one forward pass
                       full_text: bool = False, # perplexity of prompt and answer; keys get a `full_text_` prefix
-                      system: str | None = None) -> dict:
+                      system: str | None = None, # system prompt for chat templates (None: the template's own)
+                     ) -> dict:
     "Token-weighted mean loss on the reference answers (and their end token), and its perplexity."
-    return _loss_summary(record_losses(model, tokenizer, records, batch_size, full_text, system), "full_text" if full_text else "")
+    losses = record_losses(model, tokenizer, records, batch_size, full_text, system)
+    return _loss_summary(losses, "full_text" if full_text else "")
 
 # %% ../nbs/03_evaluate.ipynb #c115550c
 def left_pad(rows: list[list[int]], # encoded prompts of any lengths
              pad_id: int, # the tokenizer's pad token id (masked out, so its value never matters)
-             device=None) -> dict:
-    "`input_ids` and `attention_mask` tensors with every row padded on the left, so each prompt ends in the last column."
+             device=None, # where the tensors go (None: the CPU)
+            ) -> dict:
+    "`input_ids` and `attention_mask` with every row padded on the left, so each prompt ends in the last column."
     width = max(map(len, rows))
     ids = [[pad_id] * (width - len(r)) + list(r) for r in rows]
     mask = [[0] * (width - len(r)) + [1] * len(r) for r in rows]
@@ -89,9 +101,10 @@ def left_pad(rows: list[list[int]], # encoded prompts of any lengths
 # %% ../nbs/03_evaluate.ipynb #96df2b16
 class Detokenizer:
     "Token ids in, new text out: holds back a character still incomplete or the start of a stop string."
-    def __init__(self, tokenizer,
+    def __init__(self, tokenizer, # decodes the ids
                  stop: list[str] | None = None): # strings that end the text; it is cut before the first one
-        self.tokenizer, self.stop, self.ids, self.sent, self.stopped = tokenizer, [s for s in stop or [] if s], [], 0, False
+        self.tokenizer, self.stop = tokenizer, [s for s in stop or [] if s]
+        self.ids, self.sent, self.stopped = [], 0, False
 
     def text(self) -> str:
         "All the text so far, cut before the first stop string (`stopped` then becomes True)."
@@ -125,8 +138,10 @@ def _pick(logits: torch.Tensor, do_sample: bool, temperature: float, top_p: floa
 
 # %% ../nbs/03_evaluate.ipynb #f67c6d32
 def _end(rows: list[list[int]], limits: list[int], cancelled) -> list[str | None]:
-    if any(not r for r in rows): raise ValueError(f"prompt {[len(r) for r in rows].index(0)} of the batch has no tokens")
-    return ["cancelled" if cancelled and cancelled(i) else "length" if lim < 1 else None for i, lim in enumerate(limits)]
+    if any(not r for r in rows):
+        raise ValueError(f"prompt {[len(r) for r in rows].index(0)} of the batch has no tokens")
+    return ["cancelled" if cancelled and cancelled(i) else "length" if lim < 1 else None
+            for i, lim in enumerate(limits)]
 
 # %% ../nbs/03_evaluate.ipynb #454f8339
 def _common_prefix(rows: list[list[int]]) -> int:
@@ -137,10 +152,11 @@ def _common_prefix(rows: list[list[int]]) -> int:
 
 # %% ../nbs/03_evaluate.ipynb #50ec7447
 def _prefill(model, rows: list[list[int]], pad_id: int):
-    "Read a batch of prompts, their shared prefix once; returns the cache, attention mask, positions and next-token logits."
+    "Read a batch of prompts, their shared prefix once; returns the cache, mask, positions and next-token logits."
     cache, p, dev = DynamicCache(config=model.config), _common_prefix(rows), model.device
     if p:
-        model(input_ids=torch.tensor([rows[0][:p]], device=dev), position_ids=torch.arange(p, device=dev)[None], cache=cache,
+        model(input_ids=torch.tensor([rows[0][:p]], device=dev), position_ids=torch.arange(p, device=dev)[None],
+              cache=cache,
               logits_to_keep=1)
         cache.batch_repeat_interleave(len(rows))
     batch = left_pad([r[p:] for r in rows], pad_id, dev)
@@ -152,13 +168,16 @@ def _prefill(model, rows: list[list[int]], pad_id: int):
 
 # %% ../nbs/03_evaluate.ipynb #787ebe93
 @torch.no_grad()
-def generate_ids(model, tokenizer, rows: list[list[int]], # one batch of encoded prompts (see `encode_prompts`)
+def generate_ids(model, # a causal LM
+                 tokenizer, # its tokenizer: stop tokens, pad id, decoding
+                 rows: list[list[int]], # one batch of encoded prompts (see `encode_prompts`)
                  max_new_tokens: int | list[int] = 64, # one limit for every row, or one per row
                  on_token: Callable[[int, int], None] | None = None, # called with (row, token id) for each new token
                  cancelled: Callable[[int], bool] | None = None, # row -> True ends that row now
                  stop: list[list[str]] | None = None, # per row: strings that end its answer (cut before them)
                  do_sample: bool = False, # False: greedy, the most likely token every time
-                 temperature: float = 1.0, top_p: float = 1.0,
+                 temperature: float = 1.0, # with sampling: scores are divided by it (lower: surer answers)
+                 top_p: float = 1.0, # with sampling: keep the smallest set of tokens whose probabilities reach it
                  seed: int | None = None, # seeds each row's sampling, so the same call gives the same answers
                 ) -> list[dict]:
     "Continue each row until it stops; per row `ids`, `text`, `finish_reason`, `prompt_tokens`, `completion_tokens`."
@@ -186,7 +205,8 @@ def generate_ids(model, tokenizer, rows: list[list[int]], # one batch of encoded
         live, step = [live[k] for k in keep], torch.tensor([[tokens[k]] for k in keep], device=model.device)
         mask, pos = torch.cat([mask, mask.new_ones(len(live), 1)], 1), pos[:, -1:] + 1
         logits = model(input_ids=step, attention_mask=mask, position_ids=pos, cache=cache).logits[:, -1]
-    return [{"ids": d.ids, "text": d.text(), "finish_reason": f, "prompt_tokens": len(r), "completion_tokens": len(d.ids)}
+    return [{"ids": d.ids, "text": d.text(), "finish_reason": f, "prompt_tokens": len(r),
+             "completion_tokens": len(d.ids)}
             for d, f, r in zip(detoks, finish, rows)]
 
 # %% ../nbs/03_evaluate.ipynb #648ee828
@@ -195,11 +215,13 @@ def _per_row(stop, n: int) -> list[list[str]] | None:
     return [list(stop)] * n if isinstance(stop[0], str) else [list(s or []) for s in stop]
 
 # %% ../nbs/03_evaluate.ipynb #6e397084
-def generate_texts(model, tokenizer, prompts: list[str], # rendered prompts, each ending where its answer starts
-                   max_new_tokens: int = 64,
+def generate_texts(model, # a causal LM
+                   tokenizer, # its tokenizer
+                   prompts: list[str], # rendered prompts, each ending where its answer starts
+                   max_new_tokens: int = 64, # the longest answer, in tokens
                    batch_size: int = 48, # prompts per batch: larger batches share each weight read among more rows
-                   progress: bool = False,
-                   stop: list[str] | list[list[str]] | None = None, # stop strings for every prompt, or a list per prompt
+                   progress: bool = False, # show a progress bar over the batches
+                   stop: list[str] | list[list[str]] | None = None, # stop strings for all prompts, or one list each
                    **sampling, # `do_sample`, `temperature`, `top_p`, `seed` of `generate_ids`; greedy by default
                   ) -> list[dict]:
     "Continue any number of rendered prompts in batches of similar length; results as `generate_ids`, in input order."
@@ -213,17 +235,25 @@ def generate_texts(model, tokenizer, prompts: list[str], # rendered prompts, eac
     return results
 
 # %% ../nbs/03_evaluate.ipynb #8333c850
-def generate_answers(model, tokenizer, questions: list[str], # bare questions, rendered here with the training template
-                     max_new_tokens: int = 64, batch_size: int = 48, system: str | None = None, progress: bool = False,
-                     **sampling) -> list[dict]:
+def generate_answers(model, # a causal LM
+                     tokenizer, # its tokenizer
+                     questions: list[str], # bare questions, rendered here with the training template
+                     max_new_tokens: int = 64, # the longest answer, in tokens
+                     batch_size: int = 48, # questions generated together
+                     system: str | None = None, # system prompt for chat templates (None: the template's own)
+                     progress: bool = False, # show a progress bar over the batches
+                     **sampling, # `do_sample`, `temperature`, `top_p`, `seed` of `generate_ids`; greedy by default
+                    ) -> list[dict]:
     "Answer each question (text stripped); results as `generate_texts`."
     prompts = [prompt_text(tokenizer, q, system) for q in questions]
     outs = generate_texts(model, tokenizer, prompts, max_new_tokens, batch_size, progress, **sampling)
     return [{**r, "text": r["text"].strip()} for r in outs]
 
 # %% ../nbs/03_evaluate.ipynb #1d3b3a93
-def record_prompt(tokenizer, record: dict, # `messages`, or `input`/`output`
-                  system: str | None = None) -> str:
+def record_prompt(tokenizer, # renders the conversation with its template
+                  record: dict, # `messages`, or `input`/`output`
+                  system: str | None = None, # system prompt for chat templates (None: the template's own)
+                 ) -> str:
     "The prompt that asks for a record's last answer: its conversation up to that answer, rendered as in training."
     msgs = record.get("messages") or [{"role": "user", "content": record["input"]}]
     last = max((k for k, m in enumerate(msgs) if m["role"] == "assistant"), default=len(msgs))
@@ -231,16 +261,20 @@ def record_prompt(tokenizer, record: dict, # `messages`, or `input`/`output`
     return render_chat(tokenizer, head + msgs[:last])
 
 # %% ../nbs/03_evaluate.ipynb #ba3c4926
-def references_of(record: dict) -> list[str]:
+def references_of(record: dict, # a record: its `output`, optionally an `accept` list of alternatives
+                 ) -> list[str]:
     "The acceptable answers of a record: its `output` and any `accept` alternatives."
     accept = record.get("accept", [])
     if not isinstance(accept, list) or not all(isinstance(a, str) for a in accept):
-        raise DataError(f"{record.get('source', 'a record')}: \"accept\" must be a list of strings, found {accept!r}"[:200])
+        where = record.get("source", "a record")
+        raise DataError(f"{where}: \"accept\" must be a list of strings, found {accept!r}"[:200])
     return [record["output"]] + [a for a in dict.fromkeys(accept) if a != record["output"]]
 
 # %% ../nbs/03_evaluate.ipynb #061b8f61
-def score_answers(predictions: list[str], records: list[dict]) -> tuple[dict, list[dict]]:
-    "Generation metrics against the records' references: `(means, per_record)`; `means['unscored']` lists what was not scored."
+def score_answers(predictions: list[str], # one generated answer per record
+                  records: list[dict], # the records, with their references
+                 ) -> tuple[dict, list[dict]]:
+    "Generation metrics against the records' references: `(means, per_record)`; `means['unscored']`: what was not."
     refs = [references_of(r) for r in records]
     means, per_record = {"unscored": []}, [{} for _ in records]
     for name in SCORERS:
@@ -249,23 +283,30 @@ def score_answers(predictions: list[str], records: list[dict]) -> tuple[dict, li
         if "scores" not in result: continue  # corpus scores (BLEU, chrF) have no per-record value
         key = "rougeL" if name == "rouge_l" else name
         for row, s in zip(per_record, result["scores"]): row[key] = s
-        means["unscored"] += [{"metric": key, "record": records[u["index"]].get("source", f"record {u['index']}"), "reason": u["reason"]}
+        means["unscored"] += [{"metric": key, "record": records[u["index"]].get("source", f"record {u['index']}"),
+                               "reason": u["reason"]}
                               for u in result["unscored"]]
     return means, per_record
 
 # %% ../nbs/03_evaluate.ipynb #92708c67
-def evaluate_model(model, tokenizer, records: list[dict], max_new_tokens: int = 64,
+def evaluate_model(model, # a causal LM
+                   tokenizer, # its tokenizer
+                   records: list[dict], # test records with reference answers
+                   max_new_tokens: int = 64, # the longest generated answer, in tokens
                    batch_size: int = 48, # records per batch, for the losses and for generation
-                   system: str | None = None, progress: bool = False,
+                   system: str | None = None, # system prompt for chat templates (None: the template's own)
+                   progress: bool = False, # show progress bars
                    full_text: bool = False, # also report the perplexity of prompt + answer
                   ) -> tuple[dict, list[dict]]:
-    "Perplexity, generation metrics and stop rate on `records`; returns `(metrics, answers)`, answers with per-record scores and losses."
+    "Perplexity, generation metrics and stop rate on `records`; `(metrics, answers)`, answers with scores and losses."
     start = time.perf_counter()
     losses = record_losses(model, tokenizer, records, batch_size, system=system)
     metrics = _loss_summary(losses)
-    if full_text: metrics.update(answer_perplexity(model, tokenizer, records, batch_size, full_text=True, system=system))
+    if full_text:
+        metrics.update(answer_perplexity(model, tokenizer, records, batch_size, full_text=True, system=system))
     prompts = [record_prompt(tokenizer, r, system) for r in records]
-    answers = [{**a, "text": a["text"].strip()} for a in generate_texts(model, tokenizer, prompts, max_new_tokens, batch_size, progress)]
+    generated = generate_texts(model, tokenizer, prompts, max_new_tokens, batch_size, progress)
+    answers = [{**a, "text": a["text"].strip()} for a in generated]
     means, per_record = score_answers([a["text"] for a in answers], records)
     unscored = means.pop("unscored")
     metrics.update(means)
@@ -273,5 +314,6 @@ def evaluate_model(model, tokenizer, records: list[dict], max_new_tokens: int = 
     metrics["mean_answer_tokens"] = sum(a["completion_tokens"] for a in answers) / max(len(answers), 1)
     metrics["runtime_s"] = round(time.perf_counter() - start, 2)
     metrics["unscored"] = unscored
-    answers = [{**a, "scores": s, "loss": l["loss"], "loss_tokens": l["tokens"]} for a, s, l in zip(answers, per_record, losses)]
+    answers = [{**a, "scores": s, "loss": l["loss"], "loss_tokens": l["tokens"]}
+               for a, s, l in zip(answers, per_record, losses)]
     return metrics, answers

@@ -4,36 +4,18 @@
 
 # %% ../nbs/00a_formats.ipynb #6578c480
 from __future__ import annotations
-import csv, json, os, re, socket, threading
+import os, re, socket, threading
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
 from .data import DataError
+from .files import LONE_SURROGATE, Problem, json_type, read_items, short_repr
 
 # %% auto #0
-__all__ = ['PROBLEM_CLASSES', 'FORMATS', 'CONTROL_TOKENS', 'CHAT_ROLES', 'SHAREGPT_ROLES', 'RESERVED', 'MAX_DEPTH', 'Problem',
-           'detect_format', 'make_record', 'check_item', 'read_items', 'Loaded', 'load_records', 'check_loaded',
-           'problem_rows']
-
-# %% ../nbs/00a_formats.ipynb #c6b334e3
-PROBLEM_CLASSES = ("not_utf8", "not_json", "wrong_top_level", "missing_field", "wrong_type", "empty_text",
-                   "unknown_role", "no_assistant", "nul_byte", "control_token", "duplicate_key", "mixed_format")
-
-# %% ../nbs/00a_formats.ipynb #ac72c1e5
-@dataclass
-class Problem:
-    "One thing wrong with a record (or a whole file): where it is, its class and what to do."
-    file: str            # the file (or dataset) name
-    line: int | None     # 1-based line in the file, when there is one
-    record: int | None   # 0-based record index, when the problem is about one record
-    kind: str            # one of `PROBLEM_CLASSES`
-    message: str         # what is wrong, in words
-    def __str__(self):
-        where = self.file + (f":{self.line}" if self.line else "")
-        where += f": record {self.record}" if self.record is not None else ""
-        return f"{where}: {self.message} [{self.kind}]"
+__all__ = ['FORMATS', 'CONTROL_TOKENS', 'CHAT_ROLES', 'SHAREGPT_ROLES', 'RESERVED', 'detect_format', 'make_record', 'check_item',
+           'Loaded', 'load_records', 'check_loaded', 'problem_rows']
 
 # %% ../nbs/00a_formats.ipynb #35bdca37
 FORMATS = {  # format: (marker field, required text fields)
@@ -58,24 +40,14 @@ def detect_format(item: dict, # one record as read from the file
         if marker in item: return name
     return "pairs" if "output" in item else None
 
-# %% ../nbs/00a_formats.ipynb #d41a0cfe
-def _json_type(x) -> str:
-    return {type(None): "null", bool: "boolean", int: "number", float: "number", str: "string",
-            list: "array", dict: "object"}.get(type(x), type(x).__name__)
-
-def _short(x, n: int = 40) -> str:
-    r = repr(x)
-    return r if len(r) <= n else r[:n] + "..."
-
-_SURROGATE = re.compile("[\ud800-\udfff]")
-
 # %% ../nbs/00a_formats.ipynb #f7060587
 def _text_problem(value, name: str, optional: bool = False) -> tuple[str, str] | None:
     "`(class, message)` when `value` cannot be the text of field `name`."
     if value is None and optional: return None
-    if not isinstance(value, str): return "wrong_type", f'field "{name}" must be a string, found {_json_type(value)}'
+    if not isinstance(value, str): return "wrong_type", f'field "{name}" must be a string, found {json_type(value)}'
     if "\x00" in value: return "nul_byte", f'field "{name}" contains a NUL byte'
-    if _SURROGATE.search(value): return "not_utf8", f'field "{name}" holds a lone surrogate (like \\ud800), not text'
+    if LONE_SURROGATE.search(value):
+        return "not_utf8", f'field "{name}" holds a lone surrogate (like \\ud800), not text'
     if not value.strip() and not optional: return "empty_text", f'field "{name}" is empty'
     tok = next((t for t in CONTROL_TOKENS if t in value), None)
     if tok: return "control_token", f'field "{name}" contains the chat-template control token {tok}'
@@ -85,18 +57,18 @@ def _text_problem(value, name: str, optional: bool = False) -> tuple[str, str] |
 def _chat_problem(messages, name: str = "messages", need_assistant: bool = True) -> tuple[str, str] | None:
     role_key, text_key, roles = _KEYS[name == "conversations"]
     if not isinstance(messages, list):
-        return "wrong_type", f'field "{name}" must be an array, found {_json_type(messages)}'
+        return "wrong_type", f'field "{name}" must be an array, found {json_type(messages)}'
     for j, m in enumerate(messages):
-        if not isinstance(m, dict): return "wrong_type", f"message {j} must be an object, found {_json_type(m)}"
+        if not isinstance(m, dict): return "wrong_type", f"message {j} must be an object, found {json_type(m)}"
         for key in (role_key, text_key):
             if key not in m: return "missing_field", f'message {j}: missing field "{key}"'
         if not isinstance(m[role_key], str) or m[role_key] not in roles:
-            return "unknown_role", f"message {j}: unknown role {_short(m[role_key])}"
+            return "unknown_role", f"message {j}: unknown role {short_repr(m[role_key])}"
         bad = _text_problem(m[text_key], text_key)
         if bad: return bad[0], f"message {j}: {bad[1]}"
         w = m.get("weight")
         if w is not None and (isinstance(w, bool) or w not in (0, 1)):
-            return "wrong_type", f'message {j}: "weight" must be 0 or 1, found {_short(w)}'
+            return "wrong_type", f'message {j}: "weight" must be 0 or 1, found {short_repr(w)}'
     answers = [m for m in messages if roles[m[role_key]] == "assistant"]
     if need_assistant and not answers: return "no_assistant", "no assistant message to learn from"
     if need_assistant and all(m.get("weight") == 0 for m in answers):
@@ -120,7 +92,8 @@ def _to_messages(item: dict, fmt: str) -> list[dict]:
     if fmt == "text": return [{"role": "assistant", "content": item["text"]}]
     if fmt == "prompt_completion" and isinstance(item["prompt"], list):
         return _turns(item["prompt"], weight=0) + _turns(item["completion"])
-    if fmt == "alpaca": user = item["instruction"] + (f"\n\n{item['input']}" if (item.get("input") or "").strip() else "")
+    if fmt == "alpaca":
+        user = item["instruction"] + (f"\n\n{item['input']}" if (item.get("input") or "").strip() else "")
     elif fmt == "prompt_completion": user = item["prompt"]
     else: user = item["input"]
     answer = item["completion"] if fmt == "prompt_completion" else item["output"]
@@ -143,7 +116,8 @@ def make_record(messages: list[dict], # chat turns, each `{"role", "content"}` (
 def _record(item: dict, fmt: str, where: str, split: str | None = None) -> dict:
     rest = {k: v for k, v in item.items() if k not in _READS[fmt]}
     own, clash = {k: v for k, v in rest.items() if k not in RESERVED}, {k: v for k, v in rest.items() if k in RESERVED}
-    ours = {"source": where, "format": fmt, **({"split": split} if split else {}), **({"extra": clash} if clash else {})}
+    ours = {"source": where, "format": fmt, **({"split": split} if split else {}),
+            **({"extra": clash} if clash else {})}
     return make_record(_to_messages(item, fmt), **own, **ours)
 
 # %% ../nbs/00a_formats.ipynb #5f748628
@@ -151,7 +125,7 @@ def check_item(item,    # one record as read from the file
                fmt: str, # its format, a key of `FORMATS`
               ) -> tuple[str, str] | None:
     "`(class, message)` for the first problem of `item` read as format `fmt`, or None when it is valid."
-    if not isinstance(item, dict): return "wrong_type", f"expected an object, found {_json_type(item)}"
+    if not isinstance(item, dict): return "wrong_type", f"expected an object, found {json_type(item)}"
     marker = FORMATS[fmt][0]
     if fmt in ("chat", "sharegpt"):
         if marker not in item: return "missing_field", f'missing field "{marker}"'
@@ -164,168 +138,6 @@ def check_item(item,    # one record as read from the file
         bad = _text_problem(item[key], key)
         if bad: return bad
     return _text_problem(item.get("input"), "input", optional=True) if fmt == "alpaca" else None
-
-# %% ../nbs/00a_formats.ipynb #e4572987
-MAX_DEPTH = 100
-_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
-
-def _parse_error(e: Exception) -> str:
-    if isinstance(e, json.JSONDecodeError): return f"not valid JSON ({e.msg}, column {e.colno})"
-    if isinstance(e, RecursionError): return f"JSON nested too deeply to read (over {MAX_DEPTH} levels)"
-    return f"a JSON value that cannot be read ({str(e).split(';')[0][:100]})"  # e.g. a number of 5,000 digits
-
-# %% ../nbs/00a_formats.ipynb #a5726892
-def _too_deep(value) -> bool:
-    stack = [(value, 1)]
-    while stack:
-        v, depth = stack.pop()
-        if depth > MAX_DEPTH: return True
-        if isinstance(v, (dict, list)): stack += [(x, depth + 1) for x in (v.values() if isinstance(v, dict) else v)]
-    return False
-
-# %% ../nbs/00a_formats.ipynb #bab75a38
-class _Json:
-    "A JSON decoder that records the duplicate keys of what it reads, and a check of the value read."
-    def __init__(self): self.dups, self.decoder = [], json.JSONDecoder(object_pairs_hook=self._pairs)
-    def _pairs(self, pairs):
-        d = dict(pairs)
-        if len(d) < len(pairs): self.dups += [k for k, n in Counter(k for k, _ in pairs).items() if n > 1]
-        return d
-    def problem(self, value, text: str, start: int = 0, end: int | None = None) -> tuple[str, str] | None:
-        "The problem of `value`, read from `text[start:end]`, or None."
-        end = len(text) if end is None else end
-        if self.dups: return "duplicate_key", f"the key {_short(self.dups[0])} appears twice in one object"
-        if text.count("[", start, end) + text.count("{", start, end) > MAX_DEPTH and _too_deep(value):
-            return "not_json", _parse_error(RecursionError())
-        if _SURROGATE_ESCAPE.search(text, start, end):
-            try: json.dumps(value, ensure_ascii=False).encode("utf-8")
-            except UnicodeEncodeError: return "not_utf8", "a lone surrogate escape (like \\ud800) is not text"
-        return None
-    def parse(self, text: str):
-        "`(value, problem)` for one JSON text."
-        self.dups = []
-        try: value = self.decoder.decode(text)
-        except (ValueError, RecursionError) as e: return None, ("not_json", _parse_error(e))
-        return value, self.problem(value, text)
-
-# %% ../nbs/00a_formats.ipynb #0ac4b5f4
-def _lines(path: Path):
-    "Yield `(line number, text)` for each line of a UTF-8 file, read as a stream."
-    with open(path, "rb") as f:
-        offset = 0
-        for n, raw in enumerate(f, 1):
-            try: text = raw.decode("utf-8-sig" if n == 1 else "utf-8")
-            except UnicodeDecodeError as e:
-                raise DataError(f"{path}:{n}: not UTF-8 text (byte {offset + e.start}); "
-                                "save the file as UTF-8 [not_utf8]") from None
-            offset += len(raw)
-            yield n, text
-
-# %% ../nbs/00a_formats.ipynb #e9096dc9
-def _whole_text(path: Path) -> str:
-    data = path.read_bytes()
-    try: return data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
-        raise DataError(f"{path}:{line}: not UTF-8 text (byte {e.start}); save the file as UTF-8 [not_utf8]") from None
-
-# %% ../nbs/00a_formats.ipynb #fdae0125
-def _not_one_object(path: Path, line: int):
-    "A `.json` file holding a single object (not JSON lines) is the wrong top-level type."
-    try: obj = json.loads(_whole_text(path))
-    except (ValueError, RecursionError): return  # several objects, one per line: JSON lines
-    inner = next((k for k, v in obj.items() if isinstance(v, list)), None) if isinstance(obj, dict) else None
-    hint = f"; the records may be in its \"{inner}\" field" if inner else " (wrap it in [ ] or name the file .jsonl)"
-    raise DataError(f"{path}:{line}: expected a JSON array of records, found one object{hint} [wrong_top_level]")
-
-# %% ../nbs/00a_formats.ipynb #b39950be
-def _container(path: Path) -> str:
-    with open(path, "rb") as f: head = f.read(1 << 16)
-    if head[:2] in (b"\xff\xfe", b"\xfe\xff"):
-        raise DataError(f"{path}:1: UTF-16 text; save the file as UTF-8 [not_utf8]")
-    if path.suffix.lower() in (".csv", ".tsv"): return path.suffix.lower()[1:]
-    text = head.decode("utf-8-sig", errors="replace")
-    if not text.strip() and len(head) == 1 << 16: text = _whole_text(path)  # a long run of blank space
-    body = text.lstrip()
-    if not body: raise DataError(f"{path}: the file is empty; expected JSON, JSON lines, CSV or TSV records")
-    first, line = body[0], text.count("\n", 0, len(text) - len(body)) + 1
-    if first == "\ufffd": _whole_text(path)  # raises: not UTF-8, with the line
-    if path.suffix.lower() in (".jsonl", ".ndjson"): return "jsonl"  # one value per line, whatever the first is
-    if first == "[": return "json"
-    if first == "{":
-        if path.suffix.lower() == ".json": _not_one_object(path, line)
-        return "jsonl"
-    if "," in body.split("\n", 1)[0] or "\t" in body.split("\n", 1)[0]:
-        raise DataError(f"{path}:{line}: not JSON; this looks like a CSV/TSV table: name it .csv or .tsv [not_json]")
-    raise DataError(f"{path}:{line}: expected a JSON array of records or JSON lines, found {first!r} [wrong_top_level]")
-
-# %% ../nbs/00a_formats.ipynb #b0dd68b7
-def _jsonl_items(path: Path):
-    "Yield `(item, line, problem)` for each non-blank line of a JSON lines file."
-    reader = _Json()
-    for n, line in _lines(path):
-        if not line.strip(): continue
-        if "\x00" in line: yield None, n, ("nul_byte", "a NUL byte in the line"); continue
-        value, bad = reader.parse(line)
-        yield value, n, bad
-
-# %% ../nbs/00a_formats.ipynb #af6a1253
-def _table_items(path: Path, delimiter: str):
-    "Yield `(row, line, problem)` for each row of a CSV/TSV file with a header."
-    csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))
-    reader = csv.reader((text for _, text in _lines(path)), delimiter=delimiter)
-    try:
-        header = next(reader, None)
-        if not header: raise DataError(f"{path}: the file is empty; expected a header row")
-        twice = next((h for h, n in Counter(header).items() if n > 1), None)
-        if twice is not None:
-            raise DataError(f"{path}:1: the header names the column {_short(twice)} twice [duplicate_key]")
-        start = reader.line_num + 1
-        for row in reader:
-            if len(row) > len(header):
-                yield None, start, ("wrong_type", f"{len(row) - len(header)} more values than header columns")
-            elif row and len(row) < len(header): yield None, start, ("missing_field", "fewer values than header columns")
-            elif any("\x00" in v for v in row): yield None, start, ("nul_byte", "a NUL byte in the row")
-            elif row: yield dict(zip(header, row)), start, None
-            start = reader.line_num + 1
-    except csv.Error as e: raise DataError(f"{path}:{reader.line_num}: not a valid table row ({e}) [not_json]") from None
-
-# %% ../nbs/00a_formats.ipynb #c530fc71
-_BLANK = re.compile(r"[ \t\n\r]*")
-
-def _array_items(text: str, name: str):
-    "Yield `(item, line, problem)` for each element of the JSON array `text`, which starts with '['."
-    if "\x00" in text:
-        raise DataError(f"{name}:{text.count(chr(10), 0, text.index(chr(0))) + 1}: a NUL byte in the file [nul_byte]")
-    reader, n, line, at = _Json(), len(text), 1, 0
-    def line_of(pos):
-        nonlocal line, at
-        line, at = line + text.count("\n", at, pos), pos
-        return line
-    i = _BLANK.match(text, _BLANK.match(text).end() + 1).end()
-    if i < n and text[i] == "]": return
-    while True:
-        start, reader.dups = line_of(i), []
-        try: item, end = reader.decoder.raw_decode(text, i)
-        except json.JSONDecodeError as e: raise DataError(f"{name}:{line_of(e.pos)}: not valid JSON ({e.msg})") from None
-        except (ValueError, RecursionError) as e: raise DataError(f"{name}:{start}: {_parse_error(e)}") from None
-        yield item, start, reader.problem(item, text, i, end)
-        i = _BLANK.match(text, end).end()
-        if i < n and text[i] == "]": break
-        if i >= n or text[i] != ",":
-            raise DataError(f"{name}:{line_of(i)}: expected ',' or ']' after a record (is the file truncated?)")
-        i = _BLANK.match(text, i + 1).end()
-        if i < n and text[i] == "]": raise DataError(f"{name}:{line_of(i)}: trailing comma before ']' is not valid JSON")
-
-# %% ../nbs/00a_formats.ipynb #306f39d2
-def read_items(path: str | Path, # a JSON, JSON lines, CSV or TSV file
-              ):
-    "Yield `(item, line, problem)` for every record of a JSON, JSONL, CSV or TSV file."
-    path = Path(path)
-    if not path.is_file(): raise DataError(f"{path}: no such file")
-    kind = _container(path)
-    if kind in ("csv", "tsv"): return _table_items(path, "," if kind == "csv" else "\t")
-    return _jsonl_items(path) if kind == "jsonl" else _array_items(_whole_text(path), str(path))
 
 # %% ../nbs/00a_formats.ipynb #c8dfbfab
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+(:[\w.\[\]%:+-]+)?$")
@@ -369,7 +181,7 @@ def _items_of(source) -> tuple[str, object]:
     if isinstance(source, DatasetDict):
         return name, ((row, None, None, split) for split, ds in source.items() for row in ds)
     if isinstance(source, Dataset): return name, ((row, None, None, None) for row in source)
-    raise DataError(f"{_short(source)}: not a file, a dataset folder, a Hub id or a dataset")
+    raise DataError(f"{short_repr(source)}: not a file, a dataset folder, a Hub id or a dataset")
 
 # %% ../nbs/00a_formats.ipynb #bfbdc530
 @dataclass
@@ -404,7 +216,7 @@ def _mixed_error(name: str, formats: list) -> DataError:
 # %% ../nbs/00a_formats.ipynb #0cac5ec9
 def _unknown(item) -> tuple[str, str]:
     if not isinstance(item, dict): return check_item(item, "pairs")
-    keys = ", ".join(_short(k, 30) for k in list(item)[:5]) + (", ..." if len(item) > 5 else "")
+    keys = ", ".join(short_repr(k, 30) for k in list(item)[:5]) + (", ..." if len(item) > 5 else "")
     return "missing_field", (f"no known fields ({keys}); expected input/output, messages, conversations, "
                              "instruction/output, prompt/completion or text")
 

@@ -37,7 +37,8 @@ def _field_map(spec: str | None) -> dict | None:
 # %% ../nbs/04d_job.ipynb #f69e7498
 def read_records(source: str | Path, # a file, a saved dataset folder or a Hub dataset id
                  fields: str | None = None, # field renames, e.g. "question=input,answer=output"
-                 strict: bool = False): # raise on the first invalid record instead of reporting it
+                 strict: bool = False, # raise on the first invalid record instead of reporting it
+                ):
     "`formats.load_records`, with any failure to read turned into one `DataError` line naming the source."
     from gpt_finetune.data import DataError
     from gpt_finetune.formats import check_loaded, load_records
@@ -62,7 +63,8 @@ def _assign_splits(cfg: RunConfig, kept: list[dict]) -> dict[str, list[dict]]:
     return {k: splits[k] + own.get(k, []) for k in ("train", "validation", "test")}
 
 # %% ../nbs/04d_job.ipynb #e8899151
-def load_data(cfg: RunConfig) -> tuple[dict, list[dict], dict]:
+def load_data(cfg: RunConfig, # the data and clean options, and `train.seed` for the split
+             ) -> tuple[dict, list[dict], dict]:
     "Load (any format), validate, clean, split and check leakage; returns `(splits, report rows, summary)`."
     from gpt_finetune.data import DataError, default_data_path
     from gpt_finetune.formats import problem_rows
@@ -85,12 +87,17 @@ def load_data(cfg: RunConfig) -> tuple[dict, list[dict], dict]:
         k, r = clean_dataset(recs, CleanConfig(c.near_dup, c.conflicts, c.min_output_chars)); kept += k; rows += r
     if len(kept) < 3:
         first = f" (first problem: {problems[0]})" if problems else ""
-        raise DataError(f"{path}: only {len(kept)} usable records after validation and cleaning; need at least 3{first}")
+        raise DataError(f"{path}: only {len(kept)} usable records after validation and cleaning; "
+                        f"need at least 3{first}")
     splits, leaks = find_leakage(_assign_splits(cfg, kept), c.near_dup, remove=c.leakage != "keep")
     return splits, rows + leaks, summary
 
 # %% ../nbs/04d_job.ipynb #ad58d1b0
-def tokenize_splits(cfg: RunConfig, splits: dict, dropped: list[dict], summary: dict, tokenizer
+def tokenize_splits(cfg: RunConfig, # `data` (system prompt, max_length, too_long) and `train.epochs`
+                    splits: dict, # split name to records, from `load_data`
+                    dropped: list[dict], # the report rows so far, from `load_data`
+                    summary: dict, # the summary from `load_data`
+                    tokenizer, # the model's tokenizer
                    ) -> tuple[dict, dict, list[dict], dict]:
     "Tokenize each split and apply the too-long policy; returns updated `(splits, datasets, report rows, summary)`."
     from gpt_finetune.data import tokenize_records
@@ -111,13 +118,19 @@ def tokenize_splits(cfg: RunConfig, splits: dict, dropped: list[dict], summary: 
     return splits, datasets, dropped, summary
 
 # %% ../nbs/04d_job.ipynb #14324cdd
-def write_jsonl(path: Path, rows: list[dict]):
+def write_jsonl(path: Path, # the file to write (replaced)
+                rows: list[dict], # dicts; values JSON cannot hold are written as str
+               ):
     "One JSON object per line, UTF-8, non-ASCII kept readable."
     with open(path, "w", encoding="utf-8") as f:
         for row in rows: f.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
 
 # %% ../nbs/04d_job.ipynb #2c67d6e0
-def write_data_report(out: Path, rows: list[dict], datasets: dict, max_length: int | None = None):
+def write_data_report(out: Path, # an existing folder
+                      rows: list[dict], # report rows of the records dropped, changed or flagged
+                      datasets: dict, # split name to tokenized dataset with a `length` column
+                      max_length: int | None = None, # draw this cut-off on the histogram
+                     ):
     "Write `dropped.jsonl`, `data_report.jsonl` and the length histogram `lengths.png` into `out`."
     from gpt_finetune.clean import plot_lengths
     write_jsonl(out / "dropped.jsonl", [r for r in rows if r["action"] == "dropped"])
@@ -126,7 +139,9 @@ def write_data_report(out: Path, rows: list[dict], datasets: dict, max_length: i
     if lengths: plot_lengths(lengths, out / "lengths.png", max_length)
 
 # %% ../nbs/04d_job.ipynb #0ae108e9
-def model_fingerprint(model, tokenizer) -> str:
+def model_fingerprint(model, # a causal LM
+                      tokenizer, # its tokenizer
+                     ) -> str:
     "A hash of the weights, vocabulary and chat template: the same model, wherever it was loaded from."
     import torch
     h = hashlib.blake2b(digest_size=16)
@@ -136,16 +151,21 @@ def model_fingerprint(model, tokenizer) -> str:
     return h.hexdigest()
 
 # %% ../nbs/04d_job.ipynb #cc004a76
-def baseline_evaluation(model, tokenizer, records: list[dict], reuse: bool = True, # False: always generate
+def baseline_evaluation(model, # the base model
+                        tokenizer, # its tokenizer
+                        records: list[dict], # test records with reference answers
+                        reuse: bool = True, # False: always generate
                         cache: str | Path | None = None, # folder of cached results (default: in the user cache folder)
-                        **opts) -> tuple[dict, list[dict], bool]:
+                        **opts, # keyword arguments of `evaluate_model` (all but `progress` key the cache)
+                       ) -> tuple[dict, list[dict], bool]:
     "`evaluate_model`, cached by content; returns `(metrics, answers, reused)`."
     from gpt_finetune.evaluation import evaluate_model
     from gpt_finetune.model import cache_dir
     settings = {k: v for k, v in opts.items() if k != "progress"}
     key = json.dumps([model_fingerprint(model, tokenizer), __version__, settings,
                       [(r["messages"], r.get("accept")) for r in records]], sort_keys=True, default=str)
-    path = Path(cache or cache_dir() / "baselines") / f"{hashlib.blake2b(key.encode(), digest_size=16).hexdigest()}.json"
+    path = (Path(cache or cache_dir() / "baselines")
+            / f"{hashlib.blake2b(key.encode(), digest_size=16).hexdigest()}.json")
     if reuse and path.is_file():
         try: return (*json.loads(path.read_text(encoding="utf-8")), True)
         except ValueError: pass  # a half-written or foreign file: evaluate again and replace it
@@ -159,7 +179,11 @@ def baseline_evaluation(model, tokenizer, records: list[dict], reuse: bool = Tru
 _RUN_FILES = ("config.yaml", "metrics.json", "model", "checkpoints", "report.md", "answers.jsonl", "dropped.jsonl",
               "data_report.jsonl", "training_log.csv")
 
-def claim_output(out: Path, overwrite: bool = False, resume: bool = False, remove: bool = True):
+def claim_output(out: Path, # the run's output folder
+                 overwrite: bool = False, # replace an earlier run in it
+                 resume: bool = False, # keep an earlier run, to continue it
+                 remove: bool = True, # delete the earlier run's files now (False: only check)
+                ):
     "Refuse a folder holding an earlier run unless `overwrite` (its run files are removed) or `resume`."
     old = [n for n in _RUN_FILES if (out / n).exists()]
     if not old or resume: return
@@ -172,8 +196,10 @@ def claim_output(out: Path, overwrite: bool = False, resume: bool = False, remov
 
 # %% ../nbs/04d_job.ipynb #366be6e5
 def save_atomically(save, # called with a folder: writes the model into it
-                    dest: Path) -> Path:
-    "Write a folder through `save` into a temporary place beside `dest`, then rename it to `dest`, replacing the old one."
+                    dest: Path, # the folder to create or replace
+                   ) -> Path:
+    ("Write a folder through `save` into a temporary place beside `dest`, then rename it to `dest`, "
+     "replacing the old one.")
     work = dest.parent / f".{dest.name}-{os.getpid()}.tmp"  # holds a folder of the same name: a model card names it
     shutil.rmtree(work, ignore_errors=True); work.mkdir(parents=True)
     save(work / dest.name)
@@ -186,7 +212,8 @@ def save_atomically(save, # called with a folder: writes the model into it
 def _size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else 0
 
-def human_size(n: float) -> str:
+def human_size(n: float, # a size in bytes
+              ) -> str:
     "Bytes as a person reads them: 517.0 MB."
     for unit in ("B", "KB", "MB", "GB"):
         if n < 1000 or unit == "GB": return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
@@ -195,7 +222,8 @@ def human_size(n: float) -> str:
 # %% ../nbs/04d_job.ipynb #4f5ad4b1
 @contextmanager
 def timed(clock: dict, # where the seconds go
-          name: str): # the key they go under
+          name: str, # the key they go under
+         ):
     "Record how many seconds the `with` block took in `clock[name]`."
     start = time.perf_counter()
     yield
@@ -208,7 +236,8 @@ def _answers(records: list[dict], base: list[dict], tuned: list[dict]) -> list[d
 
 # %% ../nbs/04d_job.ipynb #0dcf62db
 def load_model_from(m: ModelOptions, # which model, and what loading it may run
-                    quantize: int | None = None): # 4 or 8 bits for QLoRA
+                    quantize: int | None = None, # 4 or 8 bits for QLoRA
+                   ):
     "`model.load_model` with these options; returns `(model, tokenizer)`."
     from gpt_finetune.model import load_model
     return load_model(m.name, allow_pickle=m.allow_pickle, trust_remote_code=m.trust_remote_code, quantize=quantize)
@@ -220,13 +249,18 @@ def _finish(out: Path, keep_checkpoints: bool, freed: int = 0) -> dict:
     if (ckpts / "training_log.csv").exists(): (ckpts / "training_log.csv").replace(out / "training_log.csv")
     (ckpts / "loss.png").unlink(missing_ok=True)  # the same curves as OUTPUT_DIR/loss.png
     for p in [] if keep_checkpoints or not ckpts.is_dir() else [p for p in ckpts.iterdir() if p.name != "runs"]:
-        freed += _size(p) if p.is_dir() else 0; shutil.rmtree(p) if p.is_dir() else p.unlink()  # TensorBoard's runs/ stay
+        freed += _size(p) if p.is_dir() else 0
+        shutil.rmtree(p) if p.is_dir() else p.unlink()  # TensorBoard's runs/ stay
     if ckpts.is_dir() and not any(ckpts.iterdir()): ckpts.rmdir()
     return {"output_bytes": _size(out), "model_bytes": _size(out / "model"), "checkpoint_bytes_removed": freed}
 
 # %% ../nbs/04d_job.ipynb #520418fd
-def run_job(cfg: RunConfig, model=None, tokenizer=None) -> dict:
-    "Prepare data, evaluate the base model, fine-tune, evaluate again, save; returns the metrics ({} off the main process)."
+def run_job(cfg: RunConfig, # every option of the run
+            model=None, # a model already loaded; None: load `cfg.model`
+            tokenizer=None, # its tokenizer
+           ) -> dict:
+    ("Prepare data, evaluate the base model, fine-tune, evaluate again, save; returns the metrics "
+     "({} off the main process).")
     from gpt_finetune.model import DEFAULT_MODEL, add_lora
     from gpt_finetune.curves import plot_losses
     from gpt_finetune.train import finetune
@@ -266,11 +300,12 @@ def run_job(cfg: RunConfig, model=None, tokenizer=None) -> dict:
     plot_losses(history, out / "loss.png"); stats["overfitting"] = overfitting_report(history)
     with timed(clock, "final_evaluation_s"): tuned, tuned_answers = evaluate_model(model, tokenizer, test, **opts)
     comparison = compare_models(test, base_answers, tuned_answers, seed=t.seed)  # milliseconds: no generation again
-    metrics = {"base": base, "finetuned": tuned, "data": data, "train": stats, "comparison": comparison, "timings": clock}
+    metrics = {"base": base, "finetuned": tuned, "data": data, "train": stats, "comparison": comparison,
+               "timings": clock}
     base_name = cfg.model.name or DEFAULT_MODEL
     with timed(clock, "saving_s"):  # the model is in place before the report that describes it
-        save_atomically(lambda p: save_model(model, tokenizer, p, base_model=base_name, metrics=metrics, config=asdict(cfg),
-                                             adapter_only=cfg.output.adapter_only), out / "model")
+        save_atomically(lambda p: save_model(model, tokenizer, p, base_model=base_name, metrics=metrics,
+                                             config=asdict(cfg), adapter_only=cfg.output.adapter_only), out / "model")
     metrics["disk"] = _finish(out, t.keep_checkpoints, stats.get("checkpoint_bytes_freed", 0))
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     write_jsonl(out / "answers.jsonl", _answers(test, base_answers, tuned_answers))
@@ -285,7 +320,9 @@ def _load_tokenizer(m: ModelOptions):
     return load_tokenizer(m.name, trust_remote_code=m.trust_remote_code)
 
 # %% ../nbs/04d_job.ipynb #77c8adfa
-def prepare_job(cfg: RunConfig, tokenizer=None) -> tuple[dict, list[dict]]:
+def prepare_job(cfg: RunConfig, # the data, clean, model and output options
+                tokenizer=None, # None: load `cfg.model`'s
+               ) -> tuple[dict, list[dict]]:
     "Validate, clean, split and tokenize the data without training; write the report; returns `(summary, rows)`."
     splits, rows, data = load_data(cfg)
     tokenizer = tokenizer or _load_tokenizer(cfg.model)

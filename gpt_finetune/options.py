@@ -37,7 +37,8 @@ TRACKERS = ("none", "tensorboard", "trackio", "wandb", "mlflow")  # where `repor
 class TrainConfig(Checked):
     "How to fine-tune: every field has a default a beginner can trust."
     output_dir: str = option("outputs/train", "the trainer's folder: checkpoints, run id, step log, loss plot")
-    epochs: float = option(2.0, "passes over the training split; on a few hundred pairs a third epoch starts memorizing")
+    epochs: float = option(2.0, "passes over the training split; on a few hundred pairs "
+                           "a third epoch starts memorizing")
     learning_rate: float = option(5e-5, "peak learning rate; full fine-tuning of a ~100M model likes 2e-5..1e-4")
     batch_size: int = option(8, "examples per batch, packed into one row (0: as many as memory allows, up to 16)")
     grad_accum: int = option(1, "batches per optimizer step; the loss stays exact (normalized by answer tokens)")
@@ -48,7 +49,8 @@ class TrainConfig(Checked):
                                  "the best weights, kept in memory (0: off)")
     eval_every: int = option(20, "steps between validation-loss evaluations (0: none during training)")
     log_every: int = option(5, "steps between training-loss log lines")
-    precision: str = option("auto", "auto picks the fastest safe one for the hardware", ("auto", "bf16", "fp16", "fp32"))
+    precision: str = option("auto", "auto picks the fastest safe one for the hardware",
+                            ("auto", "bf16", "fp16", "fp32"))
     device: str = option("auto", "auto picks the fastest present", ("auto", "cuda", "mps", "cpu"))
     gradient_checkpointing: bool = option(False, "recompute activations in the backward pass: less memory, "
                                           "~30% more compute")
@@ -57,13 +59,15 @@ class TrainConfig(Checked):
     save_every: int = option(100, "steps between checkpoints for resuming a killed run, in the trainer's folder "
                              "(a run's: OUTPUT_DIR/checkpoints; 0: none)")
     save_limit: int = option(2, "checkpoints kept while training; older ones are deleted")
-    keep_checkpoints: bool = option(False, "keep the checkpoints after a successful run instead of removing them")
-    resume: bool = option(False, "continue the run from its last complete checkpoint in the trainer's folder")
+    keep_checkpoints: bool = option(False, "keep the checkpoints after a successful run instead of removing them "
+                                    "(a run's: OUTPUT_DIR/checkpoints)")
+    resume: bool = option(False, "continue from the last complete checkpoint in the trainer's folder (a run's: "
+                          "OUTPUT_DIR/checkpoints)")
     bf16_weights: str = option("auto", "with bf16 precision: train bf16 weights with float32 master weights in the "
                                "optimizer instead of autocast (auto: on for CPUs, where it is faster)",
                                ("auto", "on", "off"))
-    report_to: str = option("none", "experiment tracker the trainer logs to (its files go in the trainer's folder)",
-                            TRACKERS)
+    report_to: str = option("none", "experiment tracker the trainer logs to; its files go in the trainer's folder "
+                            "(a run's: OUTPUT_DIR/checkpoints)", TRACKERS)
 
 # %% ../nbs/01a_options.ipynb #6e9f9f52
 @dataclass

@@ -21,7 +21,8 @@ __all__ = ['ACCELERATE_CONFIGS', 'resume_point', 'process_state', 'accelerate_co
 
 # %% ../nbs/02b_scale.ipynb #b32b9dba
 def resume_point(output_dir: str | Path, # the run's checkpoint folder
-                 model, lora_r: int = 0, # the LoRA rank training will add (0: none)
+                 model, # the model as loaded, before LoRA is added
+                 lora_r: int = 0, # the LoRA rank training will add (0: none)
                 ) -> Path:
     "The checkpoint a resumed run will start from, checked against the model as it will train."
     ckpt = find_checkpoint(output_dir)
@@ -96,21 +97,26 @@ def accelerate_config(kind: str, # 'ddp_cpu', 'fsdp' or 'deepspeed_zero3'
                       folder: str | Path = ".", # where `{kind}.yaml` is written
                      ) -> Path:
     "Write one of the accelerate launch configurations of `ACCELERATE_CONFIGS`; returns its path."
-    if kind not in ACCELERATE_CONFIGS: raise ValueError(f"unknown accelerate config {kind!r}; use one of {', '.join(ACCELERATE_CONFIGS)}")
+    if kind not in ACCELERATE_CONFIGS:
+        raise ValueError(f"unknown accelerate config {kind!r}; use one of {', '.join(ACCELERATE_CONFIGS)}")
     Path(folder).mkdir(parents=True, exist_ok=True)
     (path := Path(folder) / f"{kind}.yaml").write_text(ACCELERATE_CONFIGS[kind])
     return path
 
 # %% ../nbs/02b_scale.ipynb #4f5a7cb2
-def sweep_runs(grid: SweepGrid, seed: int = 42) -> list[dict]:
+def sweep_runs(grid: SweepGrid, # comma-separated values per setting, and how many runs to sample
+               seed: int = 42, # seed of the random sample
+              ) -> list[dict]:
     "The runs of `grid`: dicts of `learning_rate`, `epochs`, `lora_r`, in grid order or a seeded random sample."
     values = lambda s, kind: [kind(v) for v in s.split(",") if v.strip()]
     runs = [{"learning_rate": lr, "epochs": ep, "lora_r": r} for lr, ep, r in
-            itertools.product(values(grid.lr_grid, float), values(grid.epochs_grid, float), values(grid.lora_r_grid, int))]
+            itertools.product(values(grid.lr_grid, float), values(grid.epochs_grid, float),
+                              values(grid.lora_r_grid, int))]
     return random.Random(seed).sample(runs, grid.samples) if 0 < grid.samples < len(runs) else runs
 
 # %% ../nbs/02b_scale.ipynb #00098f6d
-def run_name(run: dict) -> str:
+def run_name(run: dict, # one run of `sweep_runs`
+            ) -> str:
     "The folder name of one run, e.g. `lr0.0002-ep2-r8`."
     return f"lr{run['learning_rate']:g}-ep{run['epochs']:g}-r{run['lora_r']}"
 
@@ -118,7 +124,8 @@ def run_name(run: dict) -> str:
 def _one_run(make_model, tokenizer, train_ds, valid_ds, base: TrainConfig, run: dict, folder: Path) -> dict:
     model = make_model()
     if run["lora_r"]: model = add_lora(model, r=run["lora_r"])
-    cfg = replace(base, learning_rate=run["learning_rate"], epochs=run["epochs"], output_dir=str(folder / "checkpoints"))
+    cfg = replace(base, learning_rate=run["learning_rate"], epochs=run["epochs"],
+                  output_dir=str(folder / "checkpoints"))
     try: resume = find_checkpoint(cfg.output_dir)  # an interrupted run continues
     except CheckpointError: resume = None
     stats = finetune(model, tokenizer, train_ds, valid_ds, cfg, resume=resume or False)
@@ -128,7 +135,9 @@ def _one_run(make_model, tokenizer, train_ds, valid_ds, base: TrainConfig, run: 
 
 # %% ../nbs/02b_scale.ipynb #7acbd8aa
 def sweep(make_model, # called once per run: returns a fresh model
-          tokenizer, train_ds, valid_ds,
+          tokenizer, # the models' tokenizer
+          train_ds, # tokenized training examples
+          valid_ds, # tokenized validation examples: their loss ranks the runs
           base: TrainConfig, # every setting the runs share
           runs: list[dict], # from `sweep_runs`
           out_dir: str | Path, # one folder per run inside
@@ -146,12 +155,15 @@ def sweep(make_model, # called once per run: returns a fresh model
     return sorted(results, key=lambda r: float("inf") if r["best_eval_loss"] is None else r["best_eval_loss"])
 
 # %% ../nbs/02b_scale.ipynb #c134be3e
-def plot_sweep(results: list[dict], path: str | Path | None = None):
+def plot_sweep(results: list[dict], # from `sweep`, best first
+               path: str | Path | None = None, # the PNG to write; None: not saved
+              ):
     "Validation loss curves of every run in one plot (training loss faint), best run first in the legend."
     import matplotlib.pyplot as plt  # no backend switch: a notebook keeps showing figures inline
     fig, ax = plt.subplots(figsize=(7, 4))
     for i, r in enumerate(results):
-        if r["valid_curve"]: ax.plot(*zip(*r["valid_curve"]), "o-", color=f"C{i % 10}", label=f"{r['name']} ({r['best_eval_loss']:.3f})")
+        if r["valid_curve"]: ax.plot(*zip(*r["valid_curve"]), "o-", color=f"C{i % 10}",
+                                     label=f"{r['name']} ({r['best_eval_loss']:.3f})")
         if r["train_curve"]: ax.plot(*zip(*r["train_curve"]), color=f"C{i % 10}", alpha=0.25)
     ax.set(xlabel="step", ylabel="loss (answer tokens)", title="Sweep: validation loss (faint: training loss)")
     ax.legend(fontsize=8); fig.tight_layout()
@@ -159,9 +171,11 @@ def plot_sweep(results: list[dict], path: str | Path | None = None):
     return fig
 
 # %% ../nbs/02b_scale.ipynb #1dd41beb
-def sweep_table(results: list[dict]) -> str:
+def sweep_table(results: list[dict], # from `sweep`, best first
+               ) -> str:
     "A Markdown table of the runs, best validation loss first."
-    rows = ["| rank | run | learning rate | epochs | LoRA rank | best val loss | final train loss | steps | s |", "|---" * 9 + "|"]
+    rows = ["| rank | run | learning rate | epochs | LoRA rank | best val loss | final train loss | steps | s |",
+            "|---" * 9 + "|"]
     for i, r in enumerate(results, 1):
         val = "n/a" if r["best_eval_loss"] is None else f"{r['best_eval_loss']:.4f}"
         rows.append(f"| {i} | {r['name']} | {r['learning_rate']:g} | {r['epochs']:g} | {r['lora_r'] or 'full'} | {val} "

@@ -34,14 +34,21 @@ _log = logging.getLogger("gpt_finetune.serve")
 # %% ../nbs/04b_serve.ipynb #26873506
 class APIError(Exception):
     "A request the server refuses: an HTTP status, OpenAI's `{\"error\": {...}}` body, and headers."
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
-                 type: str = "invalid_request_error", headers: dict | None = None):
+    def __init__(self,
+                 status: int, # the HTTP status code, e.g. 400, 404, 429, 503
+                 message: str, # what went wrong, for a person to read
+                 param: str | None = None, # the request field at fault, if one is
+                 code: str | None = None, # a machine-readable reason, e.g. 'model_not_found'
+                 type: str = "invalid_request_error", # OpenAI's error class, e.g. 'server_error', 'rate_limit_error'
+                 headers: dict | None = None, # extra response headers, e.g. {"Retry-After": "1"}
+                ):
         super().__init__(message)
         self.status, self.headers = status, headers
         self.body = {"error": {"message": message, "type": type, "param": param, "code": code}}
 
 # %% ../nbs/04b_serve.ipynb #251d5861
-def error_response(e: APIError) -> JSONResponse:
+def error_response(e: APIError, # the refusal to send
+                  ) -> JSONResponse:
     "The JSON response for an `APIError`."
     return JSONResponse(e.body, status_code=e.status, headers=e.headers)
 
@@ -72,9 +79,12 @@ def _token_limit(served: Served, req: BaseRequest, prompt_tokens: int, param: st
     return limit
 
 # %% ../nbs/04b_serve.ipynb #17eed74c
-def make_job(served: Served, req: BaseRequest, prompt: str, # the rendered prompt
+def make_job(served: Served, # the app's model, worker and limits
+             req: BaseRequest, # the parsed request body
+             prompt: str, # the rendered prompt
              param: str, # the request field the prompt came from, named in errors
-             deliver: Callable) -> Job:
+             deliver: Callable, # called from the worker thread with each token id, then a `Finish`
+            ) -> Job:
     "Check a request against the model and the server's limits and turn it into a `Job`."
     if req.model != served.name:
         raise APIError(404, f"The model '{req.model}' does not exist; this server serves '{served.name}'", "model",
@@ -110,7 +120,12 @@ def _queue(served: Served, job: Job):
                        {"Retry-After": "5"})
 
 # %% ../nbs/04b_serve.ipynb #fa66cc33
-def start_job(served: Served, req: BaseRequest, prompt: str, param: str, request: Request) -> tuple[Job, asyncio.Queue]:
+def start_job(served: Served, # the app's model, worker and limits
+              req: BaseRequest, # the parsed request body
+              prompt: str, # the rendered prompt
+              param: str, # the request field the prompt came from, named in errors
+              request: Request, # the HTTP request; its client disconnecting cancels the job
+             ) -> tuple[Job, asyncio.Queue]:
     "Check and queue a request's job; returns it and the queue its tokens and `Finish` arrive on."
     events, loop = asyncio.Queue(), asyncio.get_running_loop()
     job = make_job(served, req, prompt, param, lambda item: loop.call_soon_threadsafe(events.put_nowait, item))
@@ -133,14 +148,18 @@ def _failure(finish: Finish, job: Job) -> APIError | None:
     if finish.reason == "cancelled": return APIError(499, "The client closed the request", None, "client_closed")
 
 # %% ../nbs/04b_serve.ipynb #cb9885d6
-async def complete(job: Job, events: asyncio.Queue) -> Finish:
+async def complete(job: Job, # a queued job
+                   events: asyncio.Queue, # where its tokens and `Finish` arrive (from `start_job`)
+                  ) -> Finish:
     "Wait for a job's `Finish`, which carries its whole answer; raise its `APIError` if it has none."
     while not isinstance(item := await events.get(), Finish): pass
     if error := _failure(item, job): raise error
     return item
 
 # %% ../nbs/04b_serve.ipynb #e7d7c8ba
-def usage(job: Job, finish: Finish) -> dict:
+def usage(job: Job, # the job, for its prompt's length
+          finish: Finish, # how it ended, for the answer's length
+         ) -> dict:
     "OpenAI's token counts for a finished job."
     n = len(job.prompt_ids)
     done = finish.completion_tokens
@@ -150,8 +169,14 @@ def usage(job: Job, finish: Finish) -> dict:
 def _sse(obj) -> str: return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
 
 # %% ../nbs/04b_serve.ipynb #22730c55
-async def sse_stream(job: Job, events: asyncio.Queue, tokenizer, head: dict, choice: Callable, first: list[dict] = (),
-                     include_usage: bool = False):
+async def sse_stream(job: Job, # a queued job
+                     events: asyncio.Queue, # where its tokens and `Finish` arrive (from `start_job`)
+                     tokenizer, # decodes the tokens into text
+                     head: dict, # fields every chunk starts with: id, object, created, model
+                     choice: Callable, # (text, finish_reason or None) -> one entry of a chunk's `choices`
+                     first: list[dict] = (), # choices sent before any text, each in a chunk of its own
+                     include_usage: bool = False, # end with a chunk of token counts
+                    ):
     "Server-sent events: a chunk per piece of text, one with the finish (or an error), usage if asked, then `[DONE]`."
     detok, sent = Detokenizer(tokenizer, job.stop), ""
     try:
@@ -178,7 +203,8 @@ def _include_usage(req: BaseRequest) -> bool: return bool((req.stream_options or
 
 # %% ../nbs/04b_serve.ipynb #949925f6
 @router.get("/health")
-async def health(request: Request) -> JSONResponse:
+async def health(request: Request, # the HTTP request; its app holds the `Served`
+                ) -> JSONResponse:
     "200 while the worker serves, else 503; with the queue's length and how jobs ended so far."
     served = request.app.state.served
     worker = served.worker
@@ -189,7 +215,8 @@ async def health(request: Request) -> JSONResponse:
 
 # %% ../nbs/04b_serve.ipynb #a40e36c2
 @router.get("/v1/models")
-async def list_models(request: Request) -> dict:
+async def list_models(request: Request, # the HTTP request; its app holds the `Served`
+                     ) -> dict:
     "The one model this server serves, in OpenAI's list format."
     served = request.app.state.served
     model = {"id": served.name, "object": "model", "created": served.created, "owned_by": "gpt_finetune"}
@@ -200,7 +227,9 @@ def _chat_delta(text: str, finish: str | None) -> dict:
     return {"index": 0, "delta": {"content": text} if text else {}, "logprobs": None, "finish_reason": finish}
 
 @router.post("/v1/chat/completions")
-async def chat_completions(req: ChatRequest, request: Request):
+async def chat_completions(req: ChatRequest, # the request body: messages, limits, sampling, streaming
+                           request: Request, # the HTTP request; its app holds the `Served`
+                          ):
     "The assistant's next message for `messages`, rendered with the training template; whole, or streamed."
     served = request.app.state.served
     prompt = render_chat(served.tokenizer, [m.turn() for m in req.messages])
@@ -221,7 +250,9 @@ def _text_choice(text: str, finish: str | None) -> dict:
     return {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
 
 @router.post("/v1/completions")
-async def completions(req: CompletionRequest, request: Request):
+async def completions(req: CompletionRequest, # the request body: prompt, limits, sampling, streaming
+                      request: Request, # the HTTP request; its app holds the `Served`
+                     ):
     "The continuation of `prompt` as raw text (no chat template); whole, or streamed."
     served = request.app.state.served
     job, events = start_job(served, req, req.prompt, "prompt", request)
@@ -269,7 +300,11 @@ async def _watch(receive, conn: _Connection):
 # %% ../nbs/04b_serve.ipynb #a6e21d04
 class Guard:
     "ASGI middleware: the API key on every path but /health, the body limit in bytes received, a connection watch."
-    def __init__(self, app, api_key: str | None = None, max_body_bytes: int = 1_000_000):
+    def __init__(self,
+                 app, # the ASGI app to guard
+                 api_key: str | None = None, # clients must send 'Authorization: Bearer KEY'; None: no key needed
+                 max_body_bytes: int = 1_000_000, # larger request bodies get 413
+                ):
         self.app, self.key, self.limit = app, api_key and f"Bearer {api_key}".encode(), max_body_bytes
 
     async def __call__(self, scope, receive, send):
@@ -302,7 +337,10 @@ class Guard:
         finally: watcher.cancel()
 
 # %% ../nbs/04b_serve.ipynb #58b347d9
-def create_app(model, tokenizer, cfg: ServeConfig | None = None) -> FastAPI:
+def create_app(model, # a transformers causal LM, e.g. from `load_for_inference`
+               tokenizer, # the model's tokenizer, with the chat template it was trained with
+               cfg: ServeConfig | None = None, # settings; `ServeConfig()` when not given
+              ) -> FastAPI:
     "An OpenAI-compatible FastAPI app serving `model` with `cfg`'s settings; its batch worker runs while the app does."
     cfg = cfg or ServeConfig()
     worker = BatchWorker(model, tokenizer, cfg.max_batch, cfg.max_batch_tokens, cfg.window_ms, cfg.max_queue)
@@ -319,7 +357,8 @@ def create_app(model, tokenizer, cfg: ServeConfig | None = None) -> FastAPI:
     return app
 
 # %% ../nbs/04b_serve.ipynb #1090937e
-def free_port(host: str = "127.0.0.1") -> int:
+def free_port(host: str = "127.0.0.1", # the address to find a port on
+             ) -> int:
     "A TCP port nothing listens on right now."
     with socket.socket() as s:
         s.bind((host, 0))
@@ -328,13 +367,19 @@ def free_port(host: str = "127.0.0.1") -> int:
 # %% ../nbs/04b_serve.ipynb #2a1bfac6
 class BackgroundServer:
     "Run an app with uvicorn in a background thread on `host` (for notebooks and tests); a context manager."
-    def __init__(self, app, host: str = "127.0.0.1", port: int | None = None):
+    def __init__(self,
+                 app, # the ASGI app to run, e.g. from `create_app`
+                 host: str = "127.0.0.1", # the address to bind
+                 port: int | None = None, # the TCP port; None: a free one (see `free_port`)
+                ):
         self.port = port or free_port(host)
         self.url = f"http://{host}:{self.port}"
         self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=self.port, log_level="warning"))
         self.thread = threading.Thread(target=self.server.run, name="uvicorn", daemon=True)
 
-    def start(self, timeout: float = 30):
+    def start(self,
+              timeout: float = 30, # seconds to wait for the server to accept connections
+             ):
         self.thread.start()
         deadline = time.monotonic() + timeout
         while not self.server.started:

@@ -10,8 +10,11 @@ import torch
 __all__ = ['auto_batch_size', 'tune_malloc', 'Bf16AdamW']
 
 # %% ../nbs/01c_speed.ipynb #5dfa2dca
-def auto_batch_size(model, mean_length: float, # mean tokens per example
-                    device: str = "cpu", cap: int = 16) -> int:
+def auto_batch_size(model, # a causal LM with a transformers config
+                    mean_length: float, # mean tokens per example
+                    device: str = "cpu", # "cuda": free GPU memory; anything else: free system memory
+                    cap: int = 16, # the most examples per batch
+                   ) -> int:
     "The largest power of two up to `cap` examples whose packed batch fits in half the free memory of `device`."
     import psutil
     free = torch.cuda.mem_get_info()[0] if device == "cuda" else psutil.virtual_memory().available
@@ -25,7 +28,8 @@ def auto_batch_size(model, mean_length: float, # mean tokens per example
 def tune_malloc(mmap_threshold: int = 32 << 20, # blocks above this many bytes are mmap-ed (glibc's maximum: 32 MiB)
                 trim_threshold: int = 1 << 30, # free heap above this many bytes goes back to the kernel
                ) -> bool:
-    "Raise glibc's mmap and trim thresholds with `mallopt` so training's buffers are reused; False where there is no glibc."
+    ("Raise glibc's mmap and trim thresholds with `mallopt` so training's buffers are reused; "
+     "False where there is no glibc.")
     import ctypes, ctypes.util, platform
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc": return False
     libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
@@ -38,11 +42,28 @@ def _stochastic_round_(dst: torch.Tensor, src: torch.Tensor):
     bits = src.view(torch.int32) + torch.randint_like(src, 0, 1 << 16, dtype=torch.int32)
     dst.copy_((bits & -65536).view(torch.float32))
 
+# %% ../nbs/01c_speed.ipynb #54384f07
+def _param_chunks(params: list, # tensors, in order
+                  most: int = 1 << 24, # elements per chunk, unless one tensor alone is larger
+                 ):
+    "Split `params` into consecutive lists of at most `most` elements (a larger tensor is a list of its own)."
+    chunk, n = [], 0
+    for p in params:
+        if chunk and n + p.numel() > most: yield chunk; chunk, n = [], 0
+        chunk.append(p); n += p.numel()
+    if chunk: yield chunk
+
 # %% ../nbs/01c_speed.ipynb #795b4ed8
 class Bf16AdamW(torch.optim.Optimizer):
-    "AdamW for bf16 weights: the update is computed in float32, on master copies or stochastically rounded without them."
-    def __init__(self, params, lr: float = 1e-3, betas: tuple = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0,
-                 master_weights: bool = True): # float32 master copies (4 more bytes per weight); False: stochastic rounding
+    ("AdamW for bf16 weights: the update is computed in float32, on master copies or stochastically rounded "
+     "without them.")
+    def __init__(self, params, # tensors or parameter groups, as for any torch optimizer
+                 lr: float = 1e-3, # learning rate
+                 betas: tuple = (0.9, 0.999), # decay rates of the first and second moment averages
+                 eps: float = 1e-8, # added to the denominator for numerical stability
+                 weight_decay: float = 0.0, # decoupled weight decay (AdamW), scaled by lr
+                 master_weights: bool = True, # float32 master copies (+4 bytes per weight); False: stochastic rounding
+                ):
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
         self.master_weights = master_weights
         if master_weights:  # copied now, before the model is cast to bf16: the masters start exact
@@ -75,20 +96,19 @@ class Bf16AdamW(torch.optim.Optimizer):
     def step(self, closure=None):
         from torch.optim.adamw import adamw
         for g in self.param_groups:
-            ps = [p for p in g["params"] if p.grad is not None]
-            if not ps: continue
-            sts = [self._state(p) for p in ps]
-            w = [s["master"] for s in sts] if self.master_weights else [p.float() for p in ps]
-            adamw(w, [p.grad.float() for p in ps], [s["exp_avg"] for s in sts], [s["exp_avg_sq"] for s in sts], [],
-                  [s["step"] for s in sts], fused=True, amsgrad=False, beta1=g["betas"][0], beta2=g["betas"][1], lr=g["lr"],
-                  weight_decay=g["weight_decay"], eps=g["eps"], maximize=False)
-            for p, x in zip(ps, w):
-                if self.master_weights: p.copy_(x)
-                else: _stochastic_round_(p, x)
+            for ps in _param_chunks([p for p in g["params"] if p.grad is not None]):
+                sts = [self._state(p) for p in ps]
+                w = [s["master"] for s in sts] if self.master_weights else [p.float() for p in ps]
+                adamw(w, [p.grad.float() for p in ps], [s["exp_avg"] for s in sts], [s["exp_avg_sq"] for s in sts],
+                      [], [s["step"] for s in sts], fused=True, amsgrad=False, beta1=g["betas"][0],
+                      beta2=g["betas"][1], lr=g["lr"], weight_decay=g["weight_decay"], eps=g["eps"], maximize=False)
+                for p, x in zip(ps, w):
+                    if self.master_weights: p.copy_(x)
+                    else: _stochastic_round_(p, x)
 
     @torch.no_grad()
     def to_float32(self, model):
-        "Turn `model` back into float32 with the master weights in it."
-        masters = {p: self.full_precision(p) for g in self.param_groups for p in g["params"]}
-        model.float()
-        for p, m in masters.items(): p.copy_(m)
+        "Turn `model` back into float32 with the master weights in it (the masters become the weights: no copy)."
+        for g in self.param_groups:
+            for p in g["params"]: p.data = self.full_precision(p)
+        model.float()  # buffers, and any weight this optimizer does not train

@@ -23,7 +23,9 @@ __all__ = ['RUN_ID_FILE', 'answer_logits', 'answer_loss_sum', 'fused_cross_entro
            'BestWeights', 'CheckpointError', 'find_checkpoint', 'check_fits', 'training_args', 'finetune']
 
 # %% ../nbs/02_train.ipynb #8ecd4354
-def answer_logits(model, inputs: dict):
+def answer_logits(model, # a causal LM
+                  inputs: dict, # a collated batch: input_ids, labels (-100: not trained), position ids or mask
+                 ):
     "Logits at labelled positions only, their target tokens, and the model outputs."
     inputs = dict(inputs)
     labels = inputs.pop("labels")
@@ -37,15 +39,18 @@ def answer_logits(model, inputs: dict):
     return outputs.logits[:, :-1][mask], targets[mask], outputs
 
 # %% ../nbs/02_train.ipynb #46224ecc
-def answer_loss_sum(model, inputs: dict,
-                    fused=None): # a fused linear-cross-entropy (see `fused_cross_entropy`); None: plain logits
+def answer_loss_sum(model, # a causal LM
+                    inputs: dict, # a collated batch with labels (see `answer_logits`)
+                    fused=None, # a fused linear-cross-entropy (see `fused_cross_entropy`); None: plain logits
+                   ):
     "Summed cross-entropy over labelled positions, the number of those positions, and the model outputs."
     if fused is not None and inputs["labels"].shape[0] == 1: return _fused_loss_sum(model, inputs, fused)
     logits, y, outputs = answer_logits(model, inputs)
     return F.cross_entropy(logits.float(), y, reduction="sum"), y.numel(), outputs
 
 # %% ../nbs/02_train.ipynb #d4330143
-def fused_cross_entropy(device: str = "cuda"):
+def fused_cross_entropy(device: str = "cuda", # the device training runs on
+                       ):
     "Liger's fused linear-cross-entropy (summed) when `liger-kernel` is installed and `device` is CUDA, else None."
     if device != "cuda" or importlib.util.find_spec("liger_kernel") is None: return None
     from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
@@ -63,7 +68,7 @@ def _fused_loss_sum(model, inputs: dict, fused):
 
 # %% ../nbs/02_train.ipynb #757bbbc1
 class AnswerLossTrainer(Trainer):
-    "A `Trainer` whose loss is the token-weighted cross-entropy on labelled positions only; it times evaluations and saves."
+    "A `Trainer` whose loss is the token-weighted cross-entropy on labelled positions; it times evaluations and saves."
     def __init__(self, *args, run_id: str | None = None, # written into every checkpoint; resuming checks it
                  **kwargs):
         super().__init__(*args, **kwargs)
@@ -89,11 +94,13 @@ class AnswerLossTrainer(Trainer):
                                         (logits.argmax(-1) == y).sum().double()]).to(self._eval_sums.device)
         return loss / max(y.numel(), 1), None, None
 
-    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"):
+    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
+                        metric_key_prefix="eval"):
         self._eval_sums = torch.zeros(3, dtype=torch.float64, device=self.args.device)  # loss sum, tokens, correct
         out = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
         loss, n, correct = self.accelerator.reduce(self._eval_sums, "sum").tolist()
-        if n: out.metrics.update({f"{metric_key_prefix}_loss": loss / n, f"{metric_key_prefix}_perplexity": safe_exp(loss / n),
+        if n: out.metrics.update({f"{metric_key_prefix}_loss": loss / n,
+                                  f"{metric_key_prefix}_perplexity": safe_exp(loss / n),
                                   f"{metric_key_prefix}_token_accuracy": correct / n})
         return out
 
@@ -110,7 +117,9 @@ class AnswerLossTrainer(Trainer):
         self.timings["checkpoint_s"] += time.perf_counter() - start
 
 # %% ../nbs/02_train.ipynb #83d25531
-def packed_attention(model, device: str = "cpu") -> str:
+def packed_attention(model, # the model to train; its attention implementation may be switched
+                     device: str = "cpu", # the device training runs on
+                    ) -> str:
     "Switch `model` to flash-attention 2 on CUDA when `flash-attn` is installed; returns the attention kernel it uses."
     impl = model.config._attn_implementation or "eager"
     if device == "cuda" and impl != "flash_attention_2" and importlib.util.find_spec("flash_attn") is not None:
@@ -119,15 +128,17 @@ def packed_attention(model, device: str = "cpu") -> str:
 
 # %% ../nbs/02_train.ipynb #6f1b5bd7
 class BestWeights(TrainerCallback):
-    "Early stopping on the validation loss, with the best trainable weights copied to CPU memory and restored at the end."
+    "Early stopping on the validation loss, the best trainable weights copied to CPU memory and restored at the end."
     def __init__(self, patience: int = 3): # evaluations without improvement before stopping (0: never stop early)
-        self.patience, self.bad, self.best, self.step, self.metrics, self.weights = patience, 0, math.inf, None, None, None
+        self.patience, self.bad, self.best = patience, 0, math.inf
+        self.step, self.metrics, self.weights = None, None, None
 
     def on_evaluate(self, args, state, control, metrics=None, model=None, optimizer=None, **kwargs):
         if not metrics or "eval_loss" not in metrics or model is None: return
         if metrics["eval_loss"] < self.best:
             self.best, self.step, self.metrics, self.bad = metrics["eval_loss"], state.global_step, dict(metrics), 0
-            full = getattr(getattr(optimizer, "optimizer", optimizer), "full_precision", lambda p: p.detach())  # master weights
+            opt = getattr(optimizer, "optimizer", optimizer)
+            full = getattr(opt, "full_precision", lambda p: p.detach())  # master weights, if any
             self.weights = {n: full(p).to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
         else:
             self.bad += 1
@@ -159,7 +170,8 @@ def _run_id(folder: Path) -> str | None:
 
 def _complete(ckpt: Path) -> bool:
     "Every file of a checkpoint is there, its trainer state names its step, and its run id (written last) is there."
-    if not all((ckpt / f).is_file() for f in _STATE_FILES) or not any((ckpt / f).is_file() for f in _WEIGHT_FILES): return False
+    if not all((ckpt / f).is_file() for f in _STATE_FILES): return False
+    if not any((ckpt / f).is_file() for f in _WEIGHT_FILES): return False
     if not any(ckpt.glob("rng_state*.pth")) or _run_id(ckpt) is None: return False
     try: return json.loads((ckpt / "trainer_state.json").read_text())["global_step"] == _step(ckpt)
     except (ValueError, KeyError): return False
@@ -170,16 +182,19 @@ def _checkpoints(out: Path) -> list[Path]:
     found = (p for p in out.glob("checkpoint-*") if p.is_dir() and p.name.rsplit("-", 1)[1].isdigit())
     return sorted(found, key=_step, reverse=True)
 
-def find_checkpoint(output_dir: str | Path) -> Path:
+def find_checkpoint(output_dir: str | Path, # the trainer's folder (`TrainConfig.output_dir`)
+                   ) -> Path:
     "The newest complete checkpoint of the run that last started in `output_dir`; `CheckpointError` if there is none."
     out = Path(output_dir)
     ckpts, run = _checkpoints(out), _run_id(out)
     complete = [c for c in ckpts if _complete(c)]
     ours = [c for c in complete if run is None or _run_id(c) == run]
     if ours: return ours[0]
-    if complete: raise CheckpointError(f"{complete[0]}: left by an earlier run (run {_run_id(complete[0])}; the run that last "
-                                       f"started in {out} is {run}, and it has no complete checkpoint to resume from)")
-    raise CheckpointError(f"{out}: no complete checkpoint to resume from" + (f" ({len(ckpts)} incomplete)" if ckpts else ""))
+    if complete:
+        raise CheckpointError(f"{complete[0]}: left by an earlier run (run {_run_id(complete[0])}; the run that last "
+                              f"started in {out} is {run}, and it has no complete checkpoint to resume from)")
+    raise CheckpointError(f"{out}: no complete checkpoint to resume from"
+                          + (f" ({len(ckpts)} incomplete)" if ckpts else ""))
 
 # %% ../nbs/02_train.ipynb #83ab751d
 def _weight_shapes(ckpt: Path) -> dict:
@@ -191,15 +206,18 @@ def _weight_shapes(ckpt: Path) -> dict:
         except Exception as e: raise CheckpointError(f"{f}: corrupt weights ({str(e).splitlines()[0]})") from None
     return shapes
 
-def check_fits(ckpt: str | Path, model,
-               run_id: str | None = None): # the run `ckpt` must belong to (None: any run)
-    "Raise `CheckpointError` unless `ckpt` is readable, of run `run_id`, and its weights have this model's names and shapes."
+def check_fits(ckpt: str | Path, # a checkpoint folder, `checkpoint-STEP`
+               model, # the model about to resume from it
+               run_id: str | None = None, # the run `ckpt` must belong to (None: any run)
+              ):
+    "Raise `CheckpointError` unless `ckpt` is readable, of run `run_id`, with this model's weight names and shapes."
     ckpt = Path(ckpt)
     if not _complete(ckpt): raise CheckpointError(f"{ckpt}: not a complete checkpoint")
     if run_id is not None and _run_id(ckpt) != run_id:
         raise CheckpointError(f"{ckpt}: made by another run (run {_run_id(ckpt)}, expected {run_id})")
     for f in ("optimizer.pt", "scheduler.pt", *(p.name for p in ckpt.glob("rng_state*.pth"))):
-        if not zipfile.is_zipfile(ckpt / f): raise CheckpointError(f"{ckpt / f}: corrupt (truncated or not a torch file)")
+        if not zipfile.is_zipfile(ckpt / f):
+            raise CheckpointError(f"{ckpt / f}: corrupt (truncated or not a torch file)")
     ours = {k.replace(".default", ""): tuple(v.shape) for k, v in model.state_dict().items()}
     bad = [(k, s, ours.get(k)) for k, s in _weight_shapes(ckpt).items() if ours.get(k) != s]
     if bad: raise CheckpointError(f"{ckpt}: made for another model ({len(bad)} weights differ, e.g. {bad[0][0]}: "
@@ -223,14 +241,15 @@ def _remove_checkpoints(out: Path, run_id: str) -> int:
 
 # %% ../nbs/02_train.ipynb #f883d544
 def _bf16_weights(cfg: TrainConfig, model, device: str, prec: str) -> bool:
-    "Whether this run trains bf16 weights with float32 master weights: bf16 precision, all weights trained, one plain model."
+    "Whether this run trains bf16 weights with float32 masters: bf16 precision, all weights trained, one plain model."
     if prec != "bf16" or cfg.bf16_weights == "off" or (cfg.bf16_weights == "auto" and device != "cpu"): return False
     sharded = any(os.environ.get(f"ACCELERATE_USE_{k}", "").lower() in ("1", "true") for k in ("FSDP", "DEEPSPEED"))
     quantized = getattr(model, "hf_quantizer", None) is not None and getattr(model, "is_quantized", False)
     return not sharded and not quantized and all(p.requires_grad for p in model.parameters())
 
 # %% ../nbs/02_train.ipynb #35a48d8e
-def training_args(cfg: TrainConfig, has_eval: bool = True,
+def training_args(cfg: TrainConfig, # the run's training options
+                  has_eval: bool = True, # there is validation data to evaluate on
                   autocast: bool = True, # False: the model itself holds bf16 weights (see `Bf16AdamW`), no autocast
                  ) -> TrainingArguments:
     "`TrainingArguments` for `cfg`: packed batches, answer-only loss, the precision the hardware does best."
@@ -241,22 +260,25 @@ def training_args(cfg: TrainConfig, has_eval: bool = True,
         output_dir=cfg.output_dir, num_train_epochs=cfg.epochs, learning_rate=cfg.learning_rate,
         per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=cfg.batch_size,
         gradient_accumulation_steps=cfg.grad_accum, warmup_steps=cfg.warmup, lr_scheduler_type=cfg.scheduler,
-        weight_decay=cfg.weight_decay, optim="adamw_torch_fused" if device != "mps" else "adamw_torch",  # one kernel per step
+        weight_decay=cfg.weight_decay,
+        optim="adamw_torch_fused" if device != "mps" else "adamw_torch",  # one kernel per step
         bf16=prec == "bf16" and autocast, fp16=prec == "fp16", use_cpu=device == "cpu",
         eval_strategy="steps" if evals else "no", eval_steps=cfg.eval_every or None,
         logging_steps=cfg.log_every, report_to=tracker(cfg.report_to),
         save_strategy="steps" if cfg.save_every else "no", save_steps=cfg.save_every or 500,
         save_total_limit=cfg.save_limit or None, seed=cfg.seed, data_seed=cfg.seed,
-        remove_unused_columns=False, prediction_loss_only=True, dataloader_pin_memory=gpu, disable_tqdm=not cfg.progress)
+        remove_unused_columns=False, prediction_loss_only=True, dataloader_pin_memory=gpu,
+        disable_tqdm=not cfg.progress)
 
 # %% ../nbs/02_train.ipynb #0ab79525
 def _start_run(cfg: TrainConfig, model, resume: bool | str) -> tuple[Path | None, str]:
-    "The checked checkpoint to resume from (or None) and this run's id, written into the output folder by the main process."
+    "The checked checkpoint to resume from (or None) and this run's id, written into the output folder on rank 0."
     out = Path(cfg.output_dir)
     ckpt = (find_checkpoint(out) if resume is True else Path(resume)) if resume else None
     if ckpt: check_fits(ckpt, model, _run_id(out))  # before the Trainer touches anything
     run_id = _run_id(ckpt) if ckpt else uuid.uuid4().hex[:12]
-    if int(os.environ.get("RANK", "0")) == 0: out.mkdir(parents=True, exist_ok=True); (out / RUN_ID_FILE).write_text(run_id)
+    if int(os.environ.get("RANK", "0")) == 0:
+        out.mkdir(parents=True, exist_ok=True); (out / RUN_ID_FILE).write_text(run_id)
     return ckpt, run_id
 
 # %% ../nbs/02_train.ipynb #b551f972
@@ -268,13 +290,19 @@ def _final_metrics(trainer, best: BestWeights | None, valid_ds, step: int) -> di
     return last if last and last["step"] == step else trainer.evaluate()
 
 # %% ../nbs/02_train.ipynb #7bddb232
-def finetune(model, tokenizer, train_ds, valid_ds=None, cfg: TrainConfig | None = None, callbacks: list | None = None,
-             resume: bool | str | None = None, # True: last complete checkpoint in cfg.output_dir; a path: that one; None: cfg.resume
+def finetune(model, # a causal LM, trained in place (full weights, or LoRA adapters added by `add_lora`)
+             tokenizer, # its tokenizer
+             train_ds, # tokenized training examples (`tokenize_records`): input_ids and labels
+             valid_ds=None, # tokenized validation examples; None: no evaluation and no early stopping
+             cfg: TrainConfig | None = None, # the training options; None: `TrainConfig()`
+             callbacks: list | None = None, # more `TrainerCallback`s for the Trainer
+             resume: bool | str | None = None, # True: last checkpoint in cfg.output_dir; a path: it; None: cfg.resume
             ) -> dict:
     "Fine-tune `model` in place on tokenized datasets; returns run statistics, phase timings and the loss history."
     cfg = cfg or TrainConfig()
     device = best_device() if cfg.device == "auto" else cfg.device
-    if cfg.batch_size == 0: cfg = replace(cfg, batch_size=auto_batch_size(model, sum(train_ds["length"]) / len(train_ds), device))
+    if cfg.batch_size == 0:
+        cfg = replace(cfg, batch_size=auto_batch_size(model, sum(train_ds["length"]) / len(train_ds), device))
     if cfg.gradient_checkpointing: gradient_checkpointing(model)
     if device == "cpu": tune_malloc()  # reuse activation buffers instead of faulting in fresh pages every step
     prec = best_precision(device) if cfg.precision == "auto" else cfg.precision
@@ -287,7 +315,8 @@ def finetune(model, tokenizer, train_ds, valid_ds=None, cfg: TrainConfig | None 
     attention = packed_attention(model, device)
     opt = Bf16AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay) if bf16 else None
     if opt: model.to(torch.bfloat16)  # after the float32 master copies were taken
-    trainer = AnswerLossTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=valid_ds, optimizers=(opt, None),
+    trainer = AnswerLossTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=valid_ds,
+                                optimizers=(opt, None),
                                 data_collator=PackedCollator(), callbacks=cbs, run_id=run_id)
     start = time.perf_counter()
     try: result = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)

@@ -22,7 +22,8 @@ __all__ = ['api_key_of', 'BaseRequest', 'TextPart', 'ChatMessage', 'ChatRequest'
 _log = logging.getLogger("gpt_finetune.worker")
 
 # %% ../nbs/04a_worker.ipynb #5aa0acb6
-def api_key_of(cfg: ServeConfig) -> str | None:
+def api_key_of(cfg: ServeConfig, # the server's settings; a non-empty `api_key` wins over the environment
+              ) -> str | None:
     "The key the server requires: `cfg.api_key`, else the `GPT_FINETUNE_API_KEY` environment variable, else none."
     return cfg.api_key or os.environ.get(API_KEY_ENV) or None
 
@@ -113,7 +114,8 @@ class Job:
         except Exception: self.cancelled = True
 
 # %% ../nbs/04a_worker.ipynb #db467aeb
-def context_length(model) -> int:
+def context_length(model, # a transformers model; its `config` is read
+                  ) -> int:
     "The longest sequence (prompt and answer, in tokens) the model's position embeddings allow."
     cfg = model.config
     return getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None) or 2048
@@ -153,7 +155,9 @@ class WorkerStopped(Exception):
 # %% ../nbs/04a_worker.ipynb #85156f3f
 class JobQueue:
     "Jobs waiting for the model, at most `max_queue`; `take` removes the next batch."
-    def __init__(self, max_queue: int = 64):
+    def __init__(self,
+                 max_queue: int = 64, # `put` raises `QueueFull` while this many jobs wait
+                ):
         self.max_queue, self.jobs, self.cond = max_queue, collections.deque(), threading.Condition()
         self.closed, self.dropped = False, 0  # dropped: jobs whose clients left before they ran
 
@@ -167,8 +171,12 @@ class JobQueue:
             self.jobs.append(job)
             self.cond.notify()
 
-    def take(self, plan: Callable[[list[Job]], list[Job]], # picks the batch from the waiting jobs
-             enough: int = 16, window: float = 0.05, timeout: float = 0.1) -> list[Job]:
+    def take(self,
+             plan: Callable[[list[Job]], list[Job]], # picks the batch from the waiting jobs
+             enough: int = 16, # stop waiting once this many jobs are queued
+             window: float = 0.05, # seconds to wait, after the first job, for `enough`
+             timeout: float = 0.1, # seconds to wait for a first job; [] if none comes
+            ) -> list[Job]:
         "Wait up to `timeout` for a job and `window` for `enough`; drop cancelled jobs; remove and return the plan."
         with self.cond:
             self.cond.wait_for(lambda: self.jobs or self.closed, timeout)
@@ -195,11 +203,14 @@ class JobQueue:
 # %% ../nbs/04a_worker.ipynb #d595e5a5
 class BatchWorker:
     "A thread that owns the model and generates queued jobs in batches; a failed batch fails its jobs, not the worker."
-    def __init__(self, model, tokenizer,
+    def __init__(self,
+                 model, # a transformers causal LM; the worker puts it in eval mode and alone calls it
+                 tokenizer, # the model's tokenizer: stop tokens, pad id, decoding
                  max_batch: int = 16, # the most jobs in one batch
                  max_batch_tokens: int = 16384, # token budget of one batch (see `plan_batch`)
-                 window_ms: float = 50, # how long a first job waits for others to join its batch
-                 max_queue: int = 64): # jobs waiting beyond this are refused with `QueueFull`
+                 window_ms: float = 50, # how long a first job waits for others to join its batch, in milliseconds
+                 max_queue: int = 64, # jobs waiting beyond this are refused with `QueueFull`
+                ):
         self.model, self.tokenizer, self.context = model.eval(), tokenizer, context_length(model)
         self.max_batch, self.max_batch_tokens, self.window = max_batch, max_batch_tokens, window_ms / 1000
         self.queue, self.stopping, self.stats = JobQueue(max_queue), threading.Event(), collections.Counter()

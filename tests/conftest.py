@@ -38,7 +38,8 @@ def start_server(code: str, args: list, env: dict, timeout: float = 90):
     from gpt_finetune.serve import free_port
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-c", code, *map(str, args), str(port)],
-                            env={**os.environ, **env, "OMP_NUM_THREADS": "1"},  # one thread: a tiny model on a shared CPU
+                            # one thread: a tiny model on a shared CPU
+                            env={**os.environ, **env, "OMP_NUM_THREADS": "1"},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + timeout
     while True:

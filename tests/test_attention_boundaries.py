@@ -59,5 +59,6 @@ def test_packed_examples_stay_apart_on_cuda():
     model, tok = tiny_model("llama")
     model.to("cuda").eval()
     impl = packed_attention(model, "cuda")
-    assert impl == ("flash_attention_2" if importlib.util.find_spec("flash_attn") else model.config._attn_implementation)
+    assert impl == ("flash_attention_2" if importlib.util.find_spec("flash_attn")
+                    else model.config._attn_implementation)
     _check_boundaries(model, _examples(tok), "cuda", 2e-2)

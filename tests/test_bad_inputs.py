@@ -1,7 +1,8 @@
 """Bad input, end to end: every malformed or hostile data file (the corpus in tests/bad_inputs/ and the big ones
 generated here) gets its exact outcome through `gpt-finetune prepare`/`run`: a one-line error naming the file and
 line (exit status 2), or the bad records dropped and reported with every valid record kept. Never a traceback,
-never a hang. The library-level cases check `formats.load_records`, `clean.clean_dataset` and `data.tokenize_records`."""
+never a hang. The library-level cases check `formats.load_records`, `clean.clean_dataset` and
+`data.tokenize_records`."""
 import csv, json, os, subprocess, sys, time, tracemalloc
 from pathlib import Path
 
@@ -11,14 +12,16 @@ from conftest import run_cli
 from gpt_finetune.cli import main
 from gpt_finetune.clean import clean_dataset, normalize_text
 from gpt_finetune.data import DataError, tiny_tokenizer, tokenize_records
-from gpt_finetune.formats import load_records, read_items
+from gpt_finetune.files import read_items
+from gpt_finetune.formats import load_records
 
 CORPUS = Path(__file__).parent / "bad_inputs"
 
 ERRORS = {  # file: the one-line error after "gpt-finetune: error: <path>"
     "truncated.json": ":2: not valid JSON (Unterminated string starting at)",
     "trailing_comma.json": ":3: trailing comma before ']' is not valid JSON",
-    "top_level_object.json": ':1: expected a JSON array of records, found one object; the records may be in its "data" field [wrong_top_level]',
+    "top_level_object.json": ':1: expected a JSON array of records, found one object; the records may be in its "data" '
+                             'field [wrong_top_level]',
     "top_level_string.json": ":1: expected a JSON array of records or JSON lines, found '\"' [wrong_top_level]",
     "empty.json": ": the file is empty; expected JSON, JSON lines, CSV or TSV records",
     "whitespace_only.jsonl": ": the file is empty; expected JSON, JSON lines, CSV or TSV records",
@@ -27,8 +30,8 @@ ERRORS = {  # file: the one-line error after "gpt-finetune: error: <path>"
     "nul_in_array.json": ":3: a NUL byte in the file [nul_byte]",
     "csv_named.json": ":1: not JSON; this looks like a CSV/TSV table: name it .csv or .tsv [not_json]",
     "csv_duplicate_header.csv": ":1: the header names the column 'output' twice [duplicate_key]",
-    "mixed_formats.jsonl": ": mixes formats (3 pairs, 1 prompt_completion, 1 chat): record 2 (line 3) is prompt_completion, "
-                           "record 4 (line 5) is chat; most records are pairs [mixed_format]",
+    "mixed_formats.jsonl": ": mixes formats (3 pairs, 1 prompt_completion, 1 chat): record 2 (line 3) is "
+                           "prompt_completion, record 4 (line 5) is chat; most records are pairs [mixed_format]",
 }
 
 DROPPED = {  # file: (report rows other than flags, valid records kept)
@@ -38,12 +41,14 @@ DROPPED = {  # file: (report rows other than flags, valid records kept)
     "object_fields.jsonl": ([("dropped", "wrong_type", "object_fields.jsonl:4 record 3")], 3),
     "missing_field.jsonl": ([("dropped", "missing_field", "missing_field.jsonl:2 record 1")], 3),
     "empty_text.jsonl": ([("dropped", "empty_text", "empty_text.jsonl:4 record 3")], 3),
-    "wrong_item_types.json": ([("dropped", "wrong_type", f"wrong_item_types.json:{14 + i} record {3 + i}") for i in range(3)], 3),
+    "wrong_item_types.json": ([("dropped", "wrong_type", f"wrong_item_types.json:{14 + i} record {3 + i}")
+                               for i in range(3)], 3),
     "unknown_role.jsonl": ([("dropped", "unknown_role", "unknown_role.jsonl:4 record 3")], 3),
     "no_assistant.jsonl": ([("dropped", "no_assistant", "no_assistant.jsonl:4 record 3")], 3),
     "nul_escape.jsonl": ([("dropped", "nul_byte", "nul_escape.jsonl:4 record 3")], 3),
     "control_tokens.jsonl": ([("dropped", "control_token", "control_tokens.jsonl:4 record 3")], 3),
-    "csv_bad_rows.csv": ([("dropped", "wrong_type", "csv_bad_rows.csv:3 record 1"), ("dropped", "missing_field", "csv_bad_rows.csv:5 record 3")], 3),
+    "csv_bad_rows.csv": ([("dropped", "wrong_type", "csv_bad_rows.csv:3 record 1"),
+                          ("dropped", "missing_field", "csv_bad_rows.csv:5 record 3")], 3),
     "lone_surrogate.jsonl": ([("dropped", "not_utf8", "lone_surrogate.jsonl:4 record 3")], 3),
     "huge_number.jsonl": ([("dropped", "not_json", "huge_number.jsonl:4 record 3")], 3),
     "duplicate_keys.jsonl": ([("dropped", "duplicate_key", "duplicate_keys.jsonl:4 record 3")], 3),
@@ -73,8 +78,8 @@ def report(out):
 
 
 def _pairs(n, start=0):
-    return [{"input": f"Question {i}: what is {i} times {i * 7 % 13}?", "output": f"{i * (i * 7 % 13)} exactly, number {i}."}
-            for i in range(start, start + n)]
+    return [{"input": f"Question {i}: what is {i} times {i * 7 % 13}?",
+             "output": f"{i * (i * 7 % 13)} exactly, number {i}."} for i in range(start, start + n)]
 
 
 def _jsonl(path, rows, *raw_lines):
@@ -113,7 +118,8 @@ def test_strict_stops_on_the_first_problem(tok_dir, tmp_path, capsys):
     path = CORPUS / "wrong_item_types.json"
     assert prepare(path, tmp_path / "out", tok_dir, "--strict") == 2
     assert capsys.readouterr().err.splitlines() == [
-        f"gpt-finetune: error: {path}:14: record 3: expected an object, found string [wrong_type]; 2 more (run `gpt-finetune prepare` for the list)"]
+        f"gpt-finetune: error: {path}:14: record 3: expected an object, found string [wrong_type]; "
+        "2 more (run `gpt-finetune prepare` for the list)"]
 
 
 def test_unicode_survives_intact(tok_dir, tmp_path):
@@ -154,17 +160,20 @@ def test_run_stops_with_one_line(name, tmp_path, capsys):
 def test_bad_model_is_one_line(tmp_path):
     res = run_cli("generate", "--model", tmp_path / "nothing-here", "Hi?")
     assert res.returncode == 2 and "Traceback" not in res.stderr
-    assert res.stderr.strip().splitlines() == [f"gpt-finetune: error: {tmp_path / 'nothing-here'}: no such model folder or file"]
+    assert res.stderr.strip().splitlines() == [
+        f"gpt-finetune: error: {tmp_path / 'nothing-here'}: no such model folder or file"]
 
 
 # ---- big and hostile files, generated ----
 
 def test_a_2mb_record_is_dropped_as_too_long(tok_dir, tmp_path, capsys):
-    path = _jsonl(tmp_path / "huge.jsonl", _pairs(5) + [{"input": "Tell me everything.", "output": "all work and no play " * 100_000}])
+    path = _jsonl(tmp_path / "huge.jsonl",
+                  _pairs(5) + [{"input": "Tell me everything.", "output": "all work and no play " * 100_000}])
     assert path.stat().st_size > 2_000_000
     assert prepare(path, tmp_path / "out", tok_dir) == 0
     rows, data = report(tmp_path / "out")
-    assert [(r["action"], r["reason"], r["source"]) for r in rows if r["action"] == "dropped"] == [("dropped", "too_long", "huge.jsonl:6 record 5")]
+    assert [(r["action"], r["reason"], r["source"]) for r in rows if r["action"] == "dropped"] == [
+        ("dropped", "too_long", "huge.jsonl:6 record 5")]
     assert sum(data["kept"].values()) == 5
     assert prepare(path, tmp_path / "out2", tok_dir, "--too-long", "error") == 2
     err = capsys.readouterr().err.splitlines()[-1]
@@ -182,7 +191,8 @@ def test_thousands_of_duplicates(tok_dir, tmp_path):
 
 
 def test_deeply_nested_json_line_is_a_problem(tok_dir, tmp_path):
-    path = _jsonl(tmp_path / "deep.jsonl", _pairs(4), '{"input": "x", "output": "y", "z": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    path = _jsonl(tmp_path / "deep.jsonl", _pairs(4),
+                  '{"input": "x", "output": "y", "z": ' + "[" * 100_000 + "]" * 100_000 + "}")
     assert prepare(path, tmp_path / "out", tok_dir) == 1
     rows, data = report(tmp_path / "out")
     assert [(r["reason"], r["source"]) for r in rows] == [("not_json", "deep.jsonl:5 record 4")]
@@ -200,21 +210,25 @@ def test_deeply_nested_json_array_is_one_line(tok_dir, tmp_path, capsys):
 def test_a_csv_field_over_128_kib_is_read(tok_dir, tmp_path):
     path = tmp_path / "long.csv"
     with open(path, "w", newline="") as f:
-        csv.writer(f).writerows([("input", "output")] + [(r["input"], r["output"]) for r in _pairs(4)] + [("Long?", "x" * 200_000)])
+        csv.writer(f).writerows([("input", "output")] + [(r["input"], r["output"]) for r in _pairs(4)]
+                                + [("Long?", "x" * 200_000)])
     assert prepare(path, tmp_path / "out", tok_dir) == 0
     rows, data = report(tmp_path / "out")
-    assert [(r["reason"], r["source"]) for r in rows] == [("too_long", "long.csv:6 record 4")]  # read, then judged in tokens
+    # read, then judged in tokens
+    assert [(r["reason"], r["source"]) for r in rows] == [("too_long", "long.csv:6 record 4")]
 
 
 def test_rename_onto_an_existing_field_is_an_error(tok_dir, tmp_path, capsys):
     path = _jsonl(tmp_path / "qa.jsonl", [{"question": "a?", "input": "b?", "output": "c"}])
     assert prepare(path, tmp_path / "out", tok_dir, "--fields", "question=input") == 2
     assert capsys.readouterr().err.splitlines() == [
-        f'gpt-finetune: error: {path}:1: record 0: renaming the field "question" to "input" would overwrite the record\'s own "input"']
+        f'gpt-finetune: error: {path}:1: record 0: renaming the field "question" to "input" would overwrite '
+        'the record\'s own "input"']
 
 
 def test_lone_surrogates_never_crash_cleaning():
-    records = [{"messages": [{"role": "user", "content": f"q{i} \ud800"}, {"role": "assistant", "content": "a \udfff"}]} for i in range(3)]
+    records = [{"messages": [{"role": "user", "content": f"q{i} \ud800"}, {"role": "assistant", "content": "a \udfff"}]}
+               for i in range(3)]
     kept, rows = clean_dataset(records)  # near-duplicate detection encodes the text
     assert len(kept) + sum(r["action"] == "dropped" for r in rows) == 3
 
@@ -222,7 +236,8 @@ def test_lone_surrogates_never_crash_cleaning():
 def test_reserved_field_names_are_kept_in_extra(tmp_path):
     path = _jsonl(tmp_path / "x.jsonl", [{"input": "a?", "output": "b", "source": "web", "format": "qa", "id": 7}])
     rec = load_records(path).records[0]
-    assert (rec["source"], rec["format"], rec["id"], rec["extra"]) == ("x.jsonl:1 record 0", "pairs", 7, {"source": "web", "format": "qa"})
+    assert (rec["source"], rec["format"], rec["id"], rec["extra"]) == (
+        "x.jsonl:1 record 0", "pairs", 7, {"source": "web", "format": "qa"})
 
 
 def test_weight_zero_turns_are_not_trained(tmp_path):
@@ -286,8 +301,9 @@ def test_a_hub_id_offline_fails_fast_with_one_line(tmp_path, monkeypatch, capsys
     assert prepare("nobody-here/no-such-dataset:train", tmp_path / "out", tok_dir) == 2
     assert time.perf_counter() - t0 < 10
     err = capsys.readouterr().err.splitlines()
-    assert err == ["gpt-finetune: error: nobody-here/no-such-dataset:train: no such file, and the Hugging Face Hub cannot be "
-                   "reached to load it as a dataset (offline? a dataset already in the cache loads with HF_HUB_OFFLINE=1)"]
+    assert err == ["gpt-finetune: error: nobody-here/no-such-dataset:train: no such file, and the Hugging Face Hub "
+                   "cannot be reached to load it as a dataset (offline? a dataset already in the cache loads with "
+                   "HF_HUB_OFFLINE=1)"]
 
 
 def test_a_hub_id_with_hf_hub_offline_fails_with_one_line():
@@ -298,7 +314,8 @@ def test_a_hub_id_with_hf_hub_offline_fails_with_one_line():
                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert time.perf_counter() - t0 < 30  # imports included; no ~25 s of retries
     lines = res.stdout.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("nobody-here/no-such-dataset: cannot load it as a Hugging Face dataset ("), res
+    assert len(lines) == 1 and lines[0].startswith(
+        "nobody-here/no-such-dataset: cannot load it as a Hugging Face dataset ("), res
 
 
 def test_a_missing_file_is_not_taken_for_a_hub_id(tmp_path):

@@ -51,7 +51,8 @@ class Terminal:
 
 
 def test_chat_keeps_the_conversation_and_resets(gpt2_dir):
-    term = Terminal(CLI, "chat", "--model", gpt2_dir, "--temperature", "0", "--max-tokens", "6", "--system", "Be brief.")
+    term = Terminal(CLI, "chat", "--model", gpt2_dir, "--temperature", "0", "--max-tokens", "6",
+                    "--system", "Be brief.")
     term.read_until("you> ")
     term.type("What is two plus two?\n")
     first = term.read_until("you> ")

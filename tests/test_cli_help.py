@@ -54,7 +54,8 @@ def test_each_default_shown_once_and_flags_exist():
     assert "(default: 5e-05)" in run["--learning-rate"] and "OUTPUT_DIR/checkpoints" in run["--save-every"]
     assert "checkpoints" in run["--output-dir"] and "config.yaml" in run["--output-dir"]
     assert {"--system", "--temperature", "--max-tokens", "--model"} <= set(_help_lines(parser.commands["chat"]))
-    assert "--api-key" not in _help_lines(parser.commands["serve"])  # visible to everyone in `ps`: the key comes from the environment
+    # visible to everyone in `ps`: the key comes from the environment
+    assert "--api-key" not in _help_lines(parser.commands["serve"])
     assert "--learning-rate" not in _help_lines(parser.commands["sweep"])  # swept
 
 

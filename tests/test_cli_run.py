@@ -19,7 +19,8 @@ def test_run_writes_every_output(tiny_dir, tmp_path, monkeypatch):
     res = run_cli("run", "--data", data, "--model", tiny_dir, "--output-dir", out, "--epochs", 2,
                   "--learning-rate", 3e-3, "--max-new-tokens", 8, "--eval-every", 3)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert "perplexity" in res.stdout and "fine-tuned" in res.stdout and "95 % interval" in res.stdout  # the before/after table
+    # the before/after table
+    assert "perplexity" in res.stdout and "fine-tuned" in res.stdout and "95 % interval" in res.stdout
     assert "time: base evaluation" in res.stdout and "final evaluation" in res.stdout and "disk: " in res.stdout
     m = json.loads((out / "metrics.json").read_text())
     assert set(m) == {"base", "finetuned", "data", "train", "comparison", "timings", "disk"}
@@ -32,8 +33,10 @@ def test_run_writes_every_output(tiny_dir, tmp_path, monkeypatch):
     assert m["comparison"]["eval_loss"]["diff_ci"][1] < 0  # training lowered the answer loss beyond the noise
     assert "best_step" in m["train"]["overfitting"]
     report = (out / "report.md").read_text()
-    assert "## Base vs fine-tuned" in report and "### Biggest wins" in report and "## Training: overfitting view" in report
-    assert (out / "comparison.png").read_bytes()[:4] == b"\x89PNG" and (out / "overfitting.png").read_bytes()[:4] == b"\x89PNG"
+    assert ("## Base vs fine-tuned" in report and "### Biggest wins" in report
+            and "## Training: overfitting view" in report)
+    assert ((out / "comparison.png").read_bytes()[:4] == b"\x89PNG"
+            and (out / "overfitting.png").read_bytes()[:4] == b"\x89PNG")
     for side in ("base", "finetuned"):
         for key in ("eval_loss", "perplexity", "exact_match", "rougeL", "stop_rate"):
             assert key in m[side], (side, key)
@@ -44,7 +47,8 @@ def test_run_writes_every_output(tiny_dir, tmp_path, monkeypatch):
     assert sum(m["data"]["kept"].values()) == 40 and m["data"]["records"] == 42
     assert m["train"]["train_tokens"] > 0 and m["train"]["tokens_per_s"] > 0 and m["train"]["runtime_s"] > 0
     dropped = [json.loads(l) for l in (out / "dropped.jsonl").read_text().splitlines()]
-    assert [(d["reason"], d["source"]) for d in dropped] == [("empty_text", "my.json:1 record 41"), ("duplicate", "my.json:1 record 40")]
+    assert [(d["reason"], d["source"]) for d in dropped] == [("empty_text", "my.json:1 record 41"),
+                                                             ("duplicate", "my.json:1 record 40")]
     assert (out / "loss.png").read_bytes()[:4] == b"\x89PNG"
     answers = [json.loads(l) for l in (out / "answers.jsonl").read_text().splitlines()]
     assert len(answers) == m["data"]["kept"]["test"]
@@ -65,8 +69,8 @@ def test_base_answers_are_reused(llama_dir, tmp_path, monkeypatch):
     data = tmp_path / "test.jsonl"
     data.write_text("\n".join(json.dumps(r) for r in _pairs(6)))
     def evaluate(out, *more):
-        assert main(["evaluate", "--model", llama_dir, "--baseline", llama_dir, "--data", data, "--output-dir", tmp_path / out,
-                     "--max-new-tokens", 4, "--n-resamples", 50, *more]) == 0
+        assert main(["evaluate", "--model", llama_dir, "--baseline", llama_dir, "--data", data,
+                     "--output-dir", tmp_path / out, "--max-new-tokens", 4, "--n-resamples", 50, *more]) == 0
         return json.loads((tmp_path / out / "metrics.json").read_text())
     first, again = evaluate("a"), evaluate("b")
     assert (first["timings"]["baseline_reused"], again["timings"]["baseline_reused"]) == (False, True)

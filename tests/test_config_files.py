@@ -21,17 +21,19 @@ def _cfg(*argv):
 
 def test_yaml_sections_and_names_with_flags_winning(tmp_path):
     path = tmp_path / "my.yaml"
-    path.write_text("data: my.jsonl\ntrain:\n  epochs: 1\n  precision: bf16\nlora:\n  enabled: true\nlearning-rate: 2.0e-4\n"
-                    "output:\n  output_dir: outputs/mine\nmodel: some/model\n")
+    path.write_text("data: my.jsonl\ntrain:\n  epochs: 1\n  precision: bf16\nlora:\n  enabled: true\n"
+                    "learning-rate: 2.0e-4\noutput:\n  output_dir: outputs/mine\nmodel: some/model\n")
     cfg = _cfg("run", "--config", path, "--epochs", "3", "--no-lora")
-    assert (cfg.data.path, cfg.model.name, cfg.train.epochs, cfg.lora.enabled, cfg.train.precision, cfg.train.learning_rate,
-            cfg.output.output_dir) == ("my.jsonl", "some/model", 3.0, False, "bf16", 2e-4, "outputs/mine")
+    assert (cfg.data.path, cfg.model.name, cfg.train.epochs, cfg.lora.enabled, cfg.train.precision,
+            cfg.train.learning_rate, cfg.output.output_dir) == (
+        "my.jsonl", "some/model", 3.0, False, "bf16", 2e-4, "outputs/mine")
     assert cfg.train.batch_size == RunConfig().train.batch_size  # untouched options keep their defaults
 
 
 def test_json_config_for_other_commands(tmp_path):
     path = tmp_path / "chat.json"
-    path.write_text(json.dumps({"model": "outputs/run/model", "temperature": 0, "max_tokens": 12, "system": "Be brief."}))
+    path.write_text(json.dumps({"model": "outputs/run/model", "temperature": 0, "max_tokens": 12,
+                                "system": "Be brief."}))
     cfg = _cfg("chat", "--config", path, "--max-tokens", "20")
     assert (cfg.model.name, cfg.temperature, cfg.max_tokens, cfg.system) == ("outputs/run/model", 0.0, 20, "Be brief.")
     (tmp_path / "e.json").write_text(json.dumps({"model": "m", "baseline": "default", "max_new_tokens": 8}))
@@ -67,7 +69,8 @@ def test_shipped_examples_parse(path):
 def test_run_config_yaml_repeats_the_run(llama_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("GPT_FINETUNE_CACHE", str(tmp_path / "cache"))
     data = tmp_path / "pairs.jsonl"
-    data.write_text("\n".join(json.dumps({"input": f"What is {i} plus {i}?", "output": f"It is {2 * i}."}) for i in range(24)))
+    data.write_text("\n".join(json.dumps({"input": f"What is {i} plus {i}?", "output": f"It is {2 * i}."})
+                              for i in range(24)))
     first = run_cli("run", "--data", data, "--model", llama_dir, "--output-dir", tmp_path / "a", "--epochs", 1,
                     "--learning-rate", 3e-3, "--max-new-tokens", 4, "--eval-every", 0, "--no-progress")
     assert first.returncode == 0, first.stderr[-3000:]

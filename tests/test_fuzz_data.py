@@ -12,12 +12,14 @@ from hypothesis import HealthCheck, event, given, settings, strategies as st
 from gpt_finetune.cli import main
 from gpt_finetune.clean import clean_dataset
 from gpt_finetune.data import DataError, tiny_tokenizer, tokenize_records
-from gpt_finetune.formats import PROBLEM_CLASSES, load_records
+from gpt_finetune.files import PROBLEM_CLASSES
+from gpt_finetune.formats import load_records
 
 TOK = tiny_tokenizer()
 def fuzz(n: int) -> settings:
     "`n` examples, no deadline, the same examples on every run."
-    return settings(max_examples=n, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True, database=None)
+    return settings(max_examples=n, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True,
+                    database=None)
 
 # ---- what is generated ----
 scalars = (st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20)
@@ -30,20 +32,23 @@ message = st.fixed_dictionaries({}, optional={"role": roles | values, "content":
                                               "weight": st.sampled_from([0, 1, 2, None, True, "0"])})
 FIELDS = ["input", "output", "messages", "conversations", "instruction", "prompt", "completion", "text", "source",
           "format", "extra", "split", "accept", "weight", "id"]
-shapes = st.dictionaries(st.sampled_from(FIELDS) | st.text(max_size=6), st.text(max_size=30) | values | st.lists(message, max_size=4),
-                         max_size=6)
-text = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), min_size=1, max_size=40).filter(
-    lambda s: s.strip() and "<|" not in s)
-clean_values = st.recursive(st.none() | st.booleans() | st.integers() | text, lambda c: st.lists(c, max_size=3), max_leaves=5)
+shapes = st.dictionaries(st.sampled_from(FIELDS) | st.text(max_size=6),
+                         st.text(max_size=30) | values | st.lists(message, max_size=4), max_size=6)
+text = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), min_size=1,
+               max_size=40).filter(lambda s: s.strip() and "<|" not in s)
+clean_values = st.recursive(st.none() | st.booleans() | st.integers() | text, lambda c: st.lists(c, max_size=3),
+                            max_leaves=5)
 MARKERS = ("messages", "conversations", "instruction", "prompt", "input", "output", "text")
 valid_pair = st.builds(lambda q, a, extra: {**extra, "input": q, "output": a}, text, text,
                        st.dictionaries(st.sampled_from(["source", "format", "extra", "split", "id", "accept"])
-                                       | st.text(max_size=8).filter(lambda k: k not in MARKERS), clean_values, max_size=3))
+                                       | st.text(max_size=8).filter(lambda k: k not in MARKERS),
+                                       clean_values, max_size=3))
 rows = st.lists(st.one_of(valid_pair.map(lambda r: ("valid", r)), shapes.map(lambda r: ("junk", r)),
                           values.map(lambda r: ("junk", r))), max_size=10)
 junk = st.one_of(shapes, values).map(lambda r: ("junk", r))
+# enough to train on
 mostly_valid = st.tuples(st.lists(valid_pair.map(lambda r: ("valid", r)), min_size=3, max_size=6),
-                         st.lists(junk, max_size=3)).flatmap(lambda t: st.permutations(t[0] + t[1]))  # enough to train on
+                         st.lists(junk, max_size=3)).flatmap(lambda t: st.permutations(t[0] + t[1]))
 
 
 def write(path: Path, items: list, container: str) -> list[int]:
@@ -65,7 +70,8 @@ def check_report(path: Path, items: list, lines: list[int]):
     try: loaded = load_records(path)
     except DataError as e: return one_line(e, path)
     assert loaded.n_read == len(items) and len(loaded.records) + loaded.n_problems == loaded.n_read
-    event(f"report: {'some' if loaded.records else 'no'} records kept, {'some' if loaded.n_problems else 'no'} problems")
+    event(f"report: {'some' if loaded.records else 'no'} records kept, "
+          f"{'some' if loaded.n_problems else 'no'} problems")
     kept_sources = {r["source"] for r in loaded.records}
     for k, ((kind, _), line) in enumerate(zip(items, lines)):
         if kind == "valid": assert f"{path.name}:{line} record {k}" in kept_sources
@@ -86,8 +92,8 @@ def test_records_of_any_shape_load_cleanly(items, container):
 
 @fuzz(150)
 @given(data=st.binary(max_size=200), suffix=st.sampled_from([".json", ".jsonl", ".csv", ".tsv", ".txt"]),
-       prefix=st.sampled_from([b"", b"[", b"{", b"\xef\xbb\xbf", b"input,output\n", b'[{"input": "a", "output": "b"},\n',
-                               b'{"input": "a", "output": "b"}\n']))
+       prefix=st.sampled_from([b"", b"[", b"{", b"\xef\xbb\xbf", b"input,output\n",
+                               b'[{"input": "a", "output": "b"},\n', b'{"input": "a", "output": "b"}\n']))
 def test_any_bytes_load_cleanly(data, suffix, prefix):
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / f"data{suffix}"
@@ -125,6 +131,6 @@ def test_prepare_command_reports_or_stops_in_one_line(tok_dir):
             assert report["records"] == sum(report["kept"].values()) + sum(report["dropped"].values())
             rows_ = [json.loads(l) for l in (out / "data_report.jsonl").read_text(encoding="utf-8").split("\n") if l]
             invalid = {r["source"] for r in rows_ if r["reason"] in PROBLEM_CLASSES}
-            assert not invalid & {f"{path.name}:{line} record {k}" for k, ((kind, _), line) in enumerate(zip(items, lines))
-                                  if kind == "valid"}
+            assert not invalid & {f"{path.name}:{line} record {k}"
+                                  for k, ((kind, _), line) in enumerate(zip(items, lines)) if kind == "valid"}
     prepare()

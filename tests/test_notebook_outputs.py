@@ -33,7 +33,8 @@ def _name(call: ast.Call) -> str:
 def _is_test(node) -> bool:
     "An assertion: `assert ...` or a call of a `test_*` function (fastcore's test_eq, test_fail, ...)."
     if isinstance(node, ast.Assert): return True
-    return isinstance(node, ast.Expr) and isinstance(node.value, ast.Call) and _name(node.value).startswith(("test_", "assert"))
+    return (isinstance(node, ast.Expr) and isinstance(node.value, ast.Call)
+            and _name(node.value).startswith(("test_", "assert")))
 
 
 def _display_calls(tree: ast.Module):
@@ -56,7 +57,8 @@ def displays(source: str) -> str | None:
     definition.
     Exported, hidden and GPU-only cells, and `eval: false` cells, are not required to show anything here."""
     d = rn.directives(source)
-    if d.keys() & QUIET or d.get("eval:", [""])[0].lower() == "false" or d.get("output:", [""])[0].lower() == "false": return None
+    if (d.keys() & QUIET or d.get("eval:", [""])[0].lower() == "false"
+            or d.get("output:", [""])[0].lower() == "false"): return None
     body = "\n".join(l for l in source.splitlines() if not l.strip().startswith("#|"))
     try: tree = ast.parse(_tm.transform_cell(body))
     except SyntaxError: return None  # nbdev_test reports it
@@ -71,7 +73,8 @@ def displays(source: str) -> str | None:
 def _where(path: Path, i: int, cell) -> str:
     lines = [l.strip() for l in cell.source.splitlines() if l.strip()]
     first = next((l for l in lines if not l.startswith("#|")), lines[0] if lines else "")
-    return f"{path.relative_to(ROOT) if path.is_relative_to(ROOT) else path.name}, cell {i} (id {cell.get('id', '?')}, `{first[:60]}`)"
+    return (f"{path.relative_to(ROOT) if path.is_relative_to(ROOT) else path.name}, cell {i} "
+            f"(id {cell.get('id', '?')}, `{first[:60]}`)")
 
 
 def problems(path: Path, nb=None) -> list[str]:
@@ -79,15 +82,18 @@ def problems(path: Path, nb=None) -> list[str]:
     nb = nb or nbformat.read(path, as_version=4)
     skip, found = rn.skip_flags(), []
     if not any(rn.FINGERPRINT_KEY in c.metadata for c in nb.cells if c.cell_type == "code"):
-        return [f"{path.relative_to(ROOT) if path.is_relative_to(ROOT) else path.name}: never executed by `make notebooks`"]
+        return [f"{path.relative_to(ROOT) if path.is_relative_to(ROOT) else path.name}: "
+                "never executed by `make notebooks`"]
     for i, cell in enumerate(nb.cells):
         if cell.cell_type != "code": continue
         saved = cell.metadata.get(rn.FINGERPRINT_KEY)
         if rn.runs_here(cell, skip):
             if saved is None: found.append(f"{_where(path, i, cell)}: never executed by `make notebooks`")
-            elif saved != rn.fingerprint(cell.source): found.append(f"{_where(path, i, cell)}: changed since its outputs were saved")
+            elif saved != rn.fingerprint(cell.source):
+                found.append(f"{_where(path, i, cell)}: changed since its outputs were saved")
         elif saved is not None and saved != rn.fingerprint(cell.source):
-            found.append(f"{_where(path, i, cell)}: changed since its outputs were saved (it runs only on a GPU: rerun it there or clear its outputs)")
+            found.append(f"{_where(path, i, cell)}: changed since its outputs were saved "
+                         "(it runs only on a GPU: rerun it there or clear its outputs)")
         why = displays(cell.source)
         if why and not cell.get("outputs"):
             hint = " (end it with `;` if it is meant to show nothing)" if why.startswith("its last line") else ""
@@ -98,7 +104,8 @@ def problems(path: Path, nb=None) -> list[str]:
 @pytest.mark.parametrize("path", LESSONS, ids=lambda p: p.name)
 def test_outputs_saved_and_current(path):
     found = problems(path)
-    assert not found, f"{len(found)} missing or stale outputs; run `make notebooks NB=\"{path.relative_to(ROOT)}\"`:\n" + "\n".join(found)
+    assert not found, (f"{len(found)} missing or stale outputs; run `make notebooks NB=\"{path.relative_to(ROOT)}\"`:\n"
+                       + "\n".join(found))
 
 
 @pytest.mark.parametrize("path", LESSONS, ids=lambda p: p.name)
@@ -129,10 +136,13 @@ CELLS = ["#| hide\nimport sys",
 @pytest.fixture(scope="module")
 def executed(tmp_path_factory):
     path = tmp_path_factory.mktemp("nb") / "t.ipynb"
-    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# T")] + [nbformat.v4.new_code_cell(s) for s in CELLS],
-                                  metadata={"kernelspec": {"display_name": "python3", "language": "python", "name": "python3"}})
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# T")]
+                                  + [nbformat.v4.new_code_cell(s) for s in CELLS],
+                                  metadata={"kernelspec": {"display_name": "python3", "language": "python",
+                                                           "name": "python3"}})
     nb.cells[9].outputs = [nbformat.v4.new_output("stream", text="needs a GPU\n")]  # made on a GPU earlier
-    nb.cells[11].outputs, nb.cells[11].metadata[rn.FINGERPRINT_KEY] = [nbformat.v4.new_output("stream", text="old\n")], "0" * 16
+    nb.cells[11].outputs, nb.cells[11].metadata[rn.FINGERPRINT_KEY] = (
+        [nbformat.v4.new_output("stream", text="old\n")], "0" * 16)
     nbformat.write(nb, path)
     rn.os.environ.update(rn.KERNEL_ENV)
     test_ran = rn.execute(path, timeout=120, skip=rn.skip_flags())
@@ -143,18 +153,22 @@ def executed(tmp_path_factory):
 def test_scrub_rules():
     rules = rn._path_rules(ROOT / "nbs")
     for raw, clean in [(f"{ROOT}/nbs/outputs/run", "outputs/run"), (f"{ROOT}/configs/a.yaml", "../configs/a.yaml"),
-                       *([(f"{ROOT}2/x", f"{ROOT}2/x")] if not str(ROOT).startswith("/tmp/") else []),  # /tmp paths scrub anyway
+                       # /tmp paths scrub anyway
+                       *([(f"{ROOT}2/x", f"{ROOT}2/x")] if not str(ROOT).startswith("/tmp/") else []),
                        ("/tmp/tmpab12_cd/model/config.json", "<tmp>/model/config.json"),
-                       ("<Foo object at 0x7f3a2b1c0d90>", "<Foo object>"), ("id 0x7f3a2b1c0d90", "id 0x…"), ("0xff", "0xff"),
-                       ("saved 2026-11-28 09:26:11.123", "saved <timestamp>"), (f"{Path.home()}/.cache/x", "~/.cache/x"),
-                       ("[25/27 03:32 < 00:18, 0.11 it/s, Epoch 2/3]", "[25/27, Epoch 2/3]"), ("[27/27 03:50, Epoch 3/3]", "[27/27, Epoch 3/3]")]:
+                       ("<Foo object at 0x7f3a2b1c0d90>", "<Foo object>"), ("id 0x7f3a2b1c0d90", "id 0x…"),
+                       ("0xff", "0xff"), ("saved 2026-11-28 09:26:11.123", "saved <timestamp>"),
+                       (f"{Path.home()}/.cache/x", "~/.cache/x"),
+                       ("[25/27 03:32 < 00:18, 0.11 it/s, Epoch 2/3]", "[25/27, Epoch 2/3]"),
+                       ("[27/27 03:50, Epoch 3/3]", "[27/27, Epoch 3/3]")]:
         assert rn.scrub_text(raw, rules) == clean, raw
 
 
 def test_rule_classifies_cells():
     assert displays("x = 1\nx") and displays("print(1)\ny = 2") and displays("for i in range(2): print(i)")
     assert displays("!ls") and displays("%time f()") and displays("f(x)")  # a call's value is shown
-    assert displays("plot_losses(history);") and not displays("fig = plot_comparison(c)")  # a figure is shown whatever the `;`
+    # a figure is shown whatever the `;`
+    assert displays("plot_losses(history);") and not displays("fig = plot_comparison(c)")
     for quiet in ("x = 1", "import os", "def f(): print(1)", "test_eq(1, 1)", "assert x", "f(x);", "#| export\nx",
                   "#| hide\nx", "#| eval: false\nx", "#| cuda\nprint(1)", "class A:\n    def f(self): display(1)"):
         assert not displays(quiet), quiet
@@ -168,14 +182,16 @@ def test_fresh_notebook_passes(executed):
     printed = "".join(nb.cells[4].outputs[0]["text"])
     assert printed.startswith("<tmp>/model <object") and str(path.parent.parent) not in printed, printed
     assert nb.cells[9].outputs[0]["text"] == "needs a GPU\n" and not nb.cells[10].get("outputs")
-    assert nb.cells[11].outputs == [] and not nb.cells[11].metadata  # a GPU cell edited since its run: stale outputs dropped
+    # a GPU cell edited since its run: stale outputs dropped
+    assert nb.cells[11].outputs == [] and not nb.cells[11].metadata
     assert json.loads(path.read_text())["cells"][5]["execution_count"] is None
 
 
 def test_edited_cell_is_stale(executed):
     nb = nbformat.read(executed[0], as_version=4)
     nb.cells[5].source = "double(22)"
-    assert problems(executed[0], nb) == [f"t.ipynb, cell 5 (id {nb.cells[5].id}, `double(22)`): changed since its outputs were saved"]
+    assert problems(executed[0], nb) == [
+        f"t.ipynb, cell 5 (id {nb.cells[5].id}, `double(22)`): changed since its outputs were saved"]
 
 
 def test_new_cell_is_stale(executed):

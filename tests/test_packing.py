@@ -11,7 +11,8 @@ RECORDS = [{"input": "What is AI?", "output": "Artificial intelligence: machines
            {"input": "Who wrote Hamlet?", "output": "Shakespeare"},
            {"input": "Hi", "output": "Hello there, friend. How are you today?"},
            {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."},
-                         {"role": "user", "content": "And Paris?"}, {"role": "assistant", "content": "The capital of France."}],
+                         {"role": "user", "content": "And Paris?"},
+                         {"role": "assistant", "content": "The capital of France."}],
             "input": "And Paris?", "output": "The capital of France."}]
 
 
@@ -35,8 +36,10 @@ def test_packed_loss_equals_unpacked(arch):
     lengths = [len(f["input_ids"]) for f in feats]
     with torch.no_grad():
         packed = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits[0]
-        alone = [model(torch.tensor([f["input_ids"]]), labels=torch.tensor([f["labels"]]), use_cache=False).loss for f in feats]
-    torch.testing.assert_close(_example_losses(packed, batch["labels"][0], lengths), torch.stack(alone), atol=1e-5, rtol=1e-5)
+        alone = [model(torch.tensor([f["input_ids"]]), labels=torch.tensor([f["labels"]]), use_cache=False).loss
+                 for f in feats]
+    torch.testing.assert_close(_example_losses(packed, batch["labels"][0], lengths), torch.stack(alone),
+                               atol=1e-5, rtol=1e-5)
 
 
 def test_packing_needs_use_cache_false():
@@ -62,4 +65,5 @@ def test_bucketed_padded_loss_equals_unpacked():
             for row, i in enumerate(idx):
                 n = ds[i]["length"]
                 alone = model(torch.tensor([ds[i]["input_ids"]]), labels=torch.tensor([ds[i]["labels"]])).loss
-                torch.testing.assert_close(_example_losses(logits[row], batch["labels"][row], [n])[0], alone, atol=1e-5, rtol=1e-5)
+                torch.testing.assert_close(_example_losses(logits[row], batch["labels"][row], [n])[0], alone,
+                                           atol=1e-5, rtol=1e-5)

@@ -20,7 +20,8 @@ def test_nbdev_export_leaves_package_unchanged(tmp_path):
     assert res.returncode == 0, res.stderr
     for path in sorted((ROOT / "gpt_finetune").rglob("*.py")):
         exported = tmp_path / path.relative_to(ROOT)
-        assert exported.read_text() == path.read_text(), f"{path.relative_to(ROOT)} differs from its notebook: run `make export`"
+        assert exported.read_text() == path.read_text(), (f"{path.relative_to(ROOT)} differs from its notebook: "
+                                                          "run `make export`")
 
 
 def test_notebooks_are_clean():
@@ -44,30 +45,66 @@ LESSONS = [p for p in NOTEBOOKS if p.name != "index.ipynb"]
 
 
 def _code(nb: Path) -> list[str]:
-    return ["".join(c["source"]) for c in json.loads(nb.read_text(encoding="utf-8"))["cells"] if c["cell_type"] == "code"]
+    return ["".join(c["source"]) for c in json.loads(nb.read_text(encoding="utf-8"))["cells"]
+            if c["cell_type"] == "code"]
 
 
 def test_every_notebook_has_the_same_install_cell():
-    first = {nb: next((s.strip() for s in _code(nb) if not s.strip().startswith("#| default_exp")), "") for nb in LESSONS}
+    first = {nb: next((s.strip() for s in _code(nb) if not s.strip().startswith("#| default_exp")), "")
+             for nb in LESSONS}
     wrong = [str(nb.relative_to(ROOT)) for nb, cell in first.items() if cell != INSTALL_CELL]
-    assert not wrong, f"the first code cell (after `#| default_exp`) must be the common install cell:\n{INSTALL_CELL}\nin: " + ", ".join(wrong)
+    assert not wrong, ("the first code cell (after `#| default_exp`) must be the common install cell:\n"
+                       f"{INSTALL_CELL}\nin: " + ", ".join(wrong))
 
 
 def test_notebooks_read_no_clone_only_paths():
     "On Colab only the installed package exists: a `../configs/x.yaml` or `../gpt_finetune/assets` path fails there."
     clone_only = re.compile(r"""["'](?:\.\./)+[\w.-]|["']\.\.["']""")
-    found = [f"{nb.relative_to(ROOT)}: {line.strip()}" for nb in NOTEBOOKS for src in _code(nb) for line in src.splitlines() if clone_only.search(line)]
-    assert not found, "paths outside the notebooks' folder exist only in a clone (use package data or write the file in the cell):\n" + "\n".join(found)
+    found = [f"{nb.relative_to(ROOT)}: {line.strip()}" for nb in NOTEBOOKS for src in _code(nb)
+             for line in src.splitlines() if clone_only.search(line)]
+    assert not found, ("paths outside the notebooks' folder exist only in a clone "
+                       "(use package data or write the file in the cell):\n" + "\n".join(found))
 
 
 def test_readme_links_resolve():
     for target in re.findall(r"\]\(([^)#\s]+)", (ROOT / "README.md").read_text(encoding="utf-8")):
-        if not re.match(r"[a-z]+:", target): assert (ROOT / target).exists(), f"README.md links to a missing file: {target}"
+        if not re.match(r"[a-z]+:", target):
+            assert (ROOT / target).exists(), f"README.md links to a missing file: {target}"
 
 
 def test_readme_links_follow_the_docs_site_layout():
     "index.ipynb may link relative to nbs/ (as the docs site needs); README.md, one folder up, gets them under nbs/."
     tutorials = [f"tutorials/{p.name}" for p in sorted((ROOT / "nbs" / "tutorials").glob("*.ipynb"))]
-    md = " ".join(f"[t]({t})" for t in tutorials) + " [d](00_data.ipynb#load) [r](nbs/00_data.ipynb) [w](https://nbdev.fast.ai) [q](#quick-start) [m](nope.ipynb)"
-    want = " ".join(f"[t](nbs/{t})" for t in tutorials) + " [d](nbs/00_data.ipynb#load) [r](nbs/00_data.ipynb) [w](https://nbdev.fast.ai) [q](#quick-start) [m](nope.ipynb)"
+    md = (" ".join(f"[t]({t})" for t in tutorials) + " [d](00_data.ipynb#load) [r](nbs/00_data.ipynb)"
+          " [w](https://nbdev.fast.ai) [q](#quick-start) [m](nope.ipynb)")
+    want = (" ".join(f"[t](nbs/{t})" for t in tutorials) + " [d](nbs/00_data.ipynb#load) [r](nbs/00_data.ipynb)"
+            " [w](https://nbdev.fast.ai) [q](#quick-start) [m](nope.ipynb)")
     assert readme._root_links(md, ROOT / "nbs") == want
+
+
+def _lessons() -> list[tuple[str, str]]:
+    "(notebook stem, module) for every lesson notebook, in lesson (file name) order."
+    found = []
+    for nb in sorted((ROOT / "nbs").glob("[0-9]*.ipynb")):
+        first = json.loads(nb.read_text(encoding="utf-8"))["cells"][0]["source"]
+        m = re.match(r"#\| default_exp (\w+)", "".join(first))
+        if m: found.append((nb.stem, m.group(1)))
+    return found
+
+
+def test_every_lesson_is_listed_in_the_readme():
+    readme_text = (ROOT / "README.md").read_text(encoding="utf-8")
+    missing = [nb for nb, module in _lessons() if f"[{nb}](nbs/{nb}.ipynb) | `{module}` |" not in readme_text]
+    assert not missing, f"README.md's notebook table lacks {missing}: add them to nbs/index.ipynb"
+
+
+def test_imports_flow_one_way_along_the_lessons():
+    "A module imports only modules whose notebooks come earlier in lesson order, lazily or not."
+    order = {module: i for i, (_, module) in enumerate(_lessons())}
+    wrong = []
+    for module, i in order.items():
+        text = (ROOT / "gpt_finetune" / f"{module}.py").read_text(encoding="utf-8")
+        for used in re.findall(r"from (?:gpt_finetune)?\.?(\w+) import|import gpt_finetune\.(\w+)", text):
+            used = next(u for u in used if u)
+            if used in order and order[used] >= i and used != module: wrong.append(f"{module} imports {used}")
+    assert not wrong, wrong

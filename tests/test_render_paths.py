@@ -47,7 +47,8 @@ def test_training_renders_and_encodes_every_prompt_as_inference_does(tiny, name)
     assert "".join(t for t, _ in segs) == render_chat(tok, msgs, add_generation_prompt=False)
     row = tokenize_records([{"messages": msgs, "input": msgs[-2]["content"], "output": msgs[-1]["content"]}], tok)[0]
     ids, labels = row["input_ids"], row["labels"]
-    starts = [i for i in range(len(labels)) if labels[i] != -100 and (i == 0 or labels[i - 1] == -100)]  # each answer's first token
+    # each answer's first token
+    starts = [i for i in range(len(labels)) if labels[i] != -100 and (i == 0 or labels[i - 1] == -100)]
     assert len(starts) == len(answer_turns(msgs))
     for k, start in zip(answer_turns(msgs), starts):
         text = "".join(t for t, _ in segs[:2 * answer_turns(msgs).index(k) + 1])  # everything before answer k

@@ -36,7 +36,8 @@ def uninterrupted(tmp_path_factory):
 
 
 def test_kill_and_resume_equals_uninterrupted(uninterrupted, tmp_path):
-    proc = subprocess.Popen([*SCRIPT, "--out", tmp_path, "--sleep", "0.25"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([*SCRIPT, "--out", tmp_path, "--sleep", "0.25"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
     state = tmp_path / "checkpoints" / "checkpoint-8" / "trainer_state.json"
     deadline = time.time() + 240
     while not state.exists() and proc.poll() is None and time.time() < deadline: time.sleep(0.05)
@@ -96,7 +97,8 @@ def _main(capsys, *args) -> tuple[int, list[str]]:
 
 
 def test_resume_without_checkpoint_is_one_line(trained_run, tmp_path, capsys):
-    code, err = _main(capsys, *_run_args(trained_run / "pairs.json", trained_run / "llama", tmp_path / "empty", "--resume"))
+    code, err = _main(capsys, *_run_args(trained_run / "pairs.json", trained_run / "llama", tmp_path / "empty",
+                                         "--resume"))
     assert code == 2
     assert err == [f"gpt-finetune: error: {tmp_path / 'empty' / 'checkpoints'}: no complete checkpoint to resume from"]
     assert not (tmp_path / "empty").exists()
@@ -113,7 +115,8 @@ def test_resume_from_corrupt_checkpoint_is_one_line(trained_run, tmp_path, capsy
     out = tmp_path / "out"; shutil.copytree(trained_run / "out", out)
     last = max((out / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
     w = last / "model.safetensors"; w.write_bytes(w.read_bytes()[:1000])
-    _one_line_error_and_nothing_written(capsys, trained_run / "pairs.json", trained_run / "llama", out, f"{w}: corrupt weights")
+    _one_line_error_and_nothing_written(capsys, trained_run / "pairs.json", trained_run / "llama", out,
+                                        f"{w}: corrupt weights")
 
 
 def test_resume_from_another_models_checkpoint_is_one_line(trained_run, tmp_path, capsys):
@@ -132,7 +135,8 @@ def test_cli_resume_continues_a_run(trained_run, tmp_path):
     res = run_cli(*_run_args(trained_run / "pairs.json", trained_run / "llama", out, "--resume"))
     assert res.returncode == 0, res.stderr[-3000:]
     train = json.loads((out / "metrics.json").read_text())["train"]
-    assert train["resumed_from"] == int(ckpts[-2].name.split("-")[1]) and train["steps"] == int(ckpts[-1].name.split("-")[1])
+    assert (train["resumed_from"] == int(ckpts[-2].name.split("-")[1])
+            and train["steps"] == int(ckpts[-1].name.split("-")[1]))
 
 
 def _tiny_run(out, ds, valid=None, callbacks=None, resume=None, **kw):
@@ -140,8 +144,9 @@ def _tiny_run(out, ds, valid=None, callbacks=None, resume=None, **kw):
     from gpt_finetune.options import TrainConfig
     from gpt_finetune.train import finetune
     model, tok = tiny_model("llama")
-    cfg = TrainConfig(**{"output_dir": str(out), "epochs": 2, "batch_size": 4, "learning_rate": 3e-3, "log_every": 1, "warmup": 0,
-                         "progress": False, "precision": "fp32", "seed": 7, "eval_every": 0, "save_every": 2, **kw})
+    cfg = TrainConfig(**{"output_dir": str(out), "epochs": 2, "batch_size": 4, "learning_rate": 3e-3, "log_every": 1,
+                         "warmup": 0, "progress": False, "precision": "fp32", "seed": 7, "eval_every": 0,
+                         "save_every": 2, **kw})
     return model, finetune(model, tok, ds, valid, cfg, callbacks=callbacks, resume=resume)
 
 
@@ -197,12 +202,14 @@ def test_resume_never_picks_an_earlier_runs_checkpoint(tiny_data, tmp_path):
     from gpt_finetune.train import CheckpointError, find_checkpoint
     train, _ = tiny_data
     _tiny_run(tmp_path, train, keep_checkpoints=True, save_limit=0)  # an earlier run left checkpoints 2..8
-    with pytest.raises(KeyboardInterrupt): _tiny_run(tmp_path, train, callbacks=[_Crash(3)], save_limit=0)  # this run died at step 3
+    # this run died at step 3
+    with pytest.raises(KeyboardInterrupt): _tiny_run(tmp_path, train, callbacks=[_Crash(3)], save_limit=0)
     assert find_checkpoint(tmp_path).name == "checkpoint-2"  # its own, not the earlier run's checkpoint-8
     _, stats = _tiny_run(tmp_path, train, resume=True)
     assert stats["resumed_from"] == 2 and stats["steps"] == 8
     earlier = _earlier(tmp_path, train)
-    with pytest.raises(KeyboardInterrupt): _tiny_run(tmp_path / "b", train, callbacks=[_Crash(1)])  # died before its first checkpoint
+    # died before its first checkpoint
+    with pytest.raises(KeyboardInterrupt): _tiny_run(tmp_path / "b", train, callbacks=[_Crash(1)])
     shutil.copytree(earlier, tmp_path / "b" / "checkpoint-8")  # an earlier run's checkpoint in the same folder
     with pytest.raises(CheckpointError, match="left by an earlier run") as e: find_checkpoint(tmp_path / "b")
     assert "\n" not in str(e.value)

@@ -17,7 +17,8 @@ from conftest import run_cli, start_server
 KEY, CAP = "sk-test-key", 32
 AUTH = {"Authorization": f"Bearer {KEY}"}
 HAMLET = [{"role": "user", "content": "Who wrote Hamlet?"}]
-SERVE = "import sys; from gpt_finetune.options import ServeConfig; from gpt_finetune.serve import serve; serve(sys.argv[1], ServeConfig(port=int(sys.argv[2]), max_tokens_cap={cap}))"
+SERVE = ("import sys; from gpt_finetune.options import ServeConfig; from gpt_finetune.serve import serve; "
+         "serve(sys.argv[1], ServeConfig(port=int(sys.argv[2]), max_tokens_cap={cap}))")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -77,8 +78,10 @@ def test_chat_completion(client):
 def test_completion(client):
     r = client.completions.create(model="tiny", prompt="Once upon a time", max_tokens=6)
     assert r.object == "text_completion" and isinstance(r.choices[0].text, str)
-    assert (r.usage.completion_tokens, r.choices[0].finish_reason) == (6, "length") or r.choices[0].finish_reason == "stop"
-    sampled = client.completions.create(model="tiny", prompt="Once upon a time", max_tokens=6, temperature=0.8, top_p=0.9)
+    assert ((r.usage.completion_tokens, r.choices[0].finish_reason) == (6, "length")
+            or r.choices[0].finish_reason == "stop")
+    sampled = client.completions.create(model="tiny", prompt="Once upon a time", max_tokens=6, temperature=0.8,
+                                        top_p=0.9)
     assert sampled.choices[0].finish_reason in ("stop", "length")
 
 
@@ -102,7 +105,8 @@ def test_streaming_completion_wire_format(url):
         events = [line for line in r.iter_lines() if line]
     assert events[-1] == "data: [DONE]" and all(e.startswith("data: ") for e in events)
     chunks = [json.loads(e[6:]) for e in events[:-1]]
-    assert {c["object"] for c in chunks} == {"text_completion"} and chunks[-1]["choices"][0]["finish_reason"] in ("stop", "length")
+    assert ({c["object"] for c in chunks} == {"text_completion"}
+            and chunks[-1]["choices"][0]["finish_reason"] in ("stop", "length"))
 
 
 # What common clients send: stop sequences, content parts, the developer role, seed
@@ -112,9 +116,11 @@ def test_stop_string_and_list(client):
     stop = whole[3:5]
     cut = client.completions.create(model="tiny", prompt="Once upon a time", max_tokens=12, stop=stop).choices[0]
     assert (cut.text, cut.finish_reason) == (whole[:whole.find(stop)], "stop")
-    listed = client.completions.create(model="tiny", prompt="Once upon a time", max_tokens=12, stop=["\x00never", stop]).choices[0]
+    listed = client.completions.create(model="tiny", prompt="Once upon a time", max_tokens=12,
+                                       stop=["\x00never", stop]).choices[0]
     assert (listed.text, listed.finish_reason) == (cut.text, "stop")
-    streamed = client.completions.create(model="tiny", prompt="Once upon a time", max_tokens=12, stop=[stop], stream=True)
+    streamed = client.completions.create(model="tiny", prompt="Once upon a time", max_tokens=12, stop=[stop],
+                                         stream=True)
     assert "".join(e.choices[0].text for e in streamed) == cut.text  # nothing of the stop string leaks into a stream
 
 
@@ -130,14 +136,16 @@ def test_content_as_text_parts(client):
     joined = [{"role": "user", "content": "Who wrote\nHamlet?"}]
     a = client.chat.completions.create(model="tiny", messages=parts, max_tokens=8)
     b = client.chat.completions.create(model="tiny", messages=joined, max_tokens=8)
-    assert a.choices[0].message.content == b.choices[0].message.content and a.usage.prompt_tokens == b.usage.prompt_tokens
+    assert (a.choices[0].message.content == b.choices[0].message.content
+            and a.usage.prompt_tokens == b.usage.prompt_tokens)
 
 
 def test_developer_role_is_system(client):
     ask = lambda role: client.chat.completions.create(model="tiny", max_tokens=8, messages=[
         {"role": role, "content": "Answer in one word."}, *HAMLET])
     dev, sys_ = ask("developer"), ask("system")
-    assert dev.choices[0].message.content == sys_.choices[0].message.content and dev.usage.prompt_tokens == sys_.usage.prompt_tokens
+    assert (dev.choices[0].message.content == sys_.choices[0].message.content
+            and dev.usage.prompt_tokens == sys_.usage.prompt_tokens)
 
 
 def test_seed_makes_sampling_repeatable(client):
@@ -151,15 +159,20 @@ def test_seed_makes_sampling_repeatable(client):
 
 BAD = [  # (path, body, status, code, param)
     ("/v1/chat/completions", b"{not json", 400, "invalid_json", None),
-    ("/v1/chat/completions", {"model": "tiny", "messages": HAMLET, "max_tokens": "ten"}, 400, "invalid_value", "max_tokens"),
+    ("/v1/chat/completions", {"model": "tiny", "messages": HAMLET, "max_tokens": "ten"}, 400, "invalid_value",
+     "max_tokens"),
     ("/v1/chat/completions", {"model": "tiny", "messages": "Who wrote Hamlet?"}, 400, "invalid_value", "messages"),
-    ("/v1/chat/completions", {"model": "tiny", "messages": [{"role": "robot", "content": "hi"}]}, 400, "invalid_value", "messages.0.role"),
+    ("/v1/chat/completions", {"model": "tiny", "messages": [{"role": "robot", "content": "hi"}]}, 400, "invalid_value",
+     "messages.0.role"),
     ("/v1/chat/completions", {"model": "tiny"}, 400, "invalid_value", "messages"),
     ("/v1/chat/completions", [1, 2], 400, "invalid_value", None),
     ("/v1/chat/completions", {"model": "gpt-4", "messages": HAMLET}, 404, "model_not_found", "model"),
-    ("/v1/chat/completions", {"model": "tiny", "messages": HAMLET, "max_tokens": CAP + 1}, 400, "max_tokens_too_large", "max_tokens"),
-    ("/v1/chat/completions", {"model": "tiny", "messages": HAMLET, "temperature": -1}, 400, "invalid_value", "temperature"),
-    ("/v1/chat/completions", {"model": "tiny", "messages": HAMLET, "stop": ["a", "b", "c", "d", "e"]}, 400, "invalid_value", "stop"),
+    ("/v1/chat/completions", {"model": "tiny", "messages": HAMLET, "max_tokens": CAP + 1}, 400, "max_tokens_too_large",
+     "max_tokens"),
+    ("/v1/chat/completions", {"model": "tiny", "messages": HAMLET, "temperature": -1}, 400, "invalid_value",
+     "temperature"),
+    ("/v1/chat/completions", {"model": "tiny", "messages": HAMLET, "stop": ["a", "b", "c", "d", "e"]}, 400,
+     "invalid_value", "stop"),
     ("/v1/completions", {"model": "tiny", "prompt": "word " * 600}, 400, "context_length_exceeded", "prompt"),
     ("/v1/completions", {"model": "tiny", "prompt": "x", "n": 3}, 400, "invalid_value", "n"),
     ("/v1/completions", b'{"model": "tiny", "prompt": "' + b"x" * 1_100_000 + b'"}', 413, "request_too_large", None),
@@ -172,7 +185,8 @@ def test_bad_requests_get_openai_errors(url, path, body, status, code, param):
     r = httpx.post(url + path, content=content, headers={**AUTH, "Content-Type": "application/json"})
     assert r.status_code == status, r.text
     error = r.json()["error"]
-    assert (error["code"], error["param"]) == (code, param) and error["message"] and error["type"] == "invalid_request_error"
+    assert ((error["code"], error["param"]) == (code, param) and error["message"]
+            and error["type"] == "invalid_request_error")
 
 
 def test_unknown_route_and_client_exceptions(url, client):
@@ -214,7 +228,8 @@ def test_a_forged_host_header_does_not_skip_the_key(url):
 def test_the_key_comes_from_the_environment_not_the_command_line(server):
     url, proc = server
     assert not any(KEY in arg for arg in psutil.Process(proc.pid).cmdline())
-    assert httpx.get(url + "/v1/models").status_code == 401 and httpx.get(url + "/v1/models", headers=AUTH).status_code == 200
+    assert (httpx.get(url + "/v1/models").status_code == 401
+            and httpx.get(url + "/v1/models", headers=AUTH).status_code == 200)
 
 
 # Body size: the bytes received count, not the headers
@@ -227,15 +242,18 @@ def chunks(n_bytes: int, prefix: bytes = b'{"model": "tiny", "prompt": "'):
 
 
 def test_a_chunked_body_is_counted_as_it_arrives(url):
-    big = httpx.post(url + "/v1/completions", content=chunks(1_100_000), headers={**AUTH, "Content-Type": "application/json"})
+    big = httpx.post(url + "/v1/completions", content=chunks(1_100_000),
+                     headers={**AUTH, "Content-Type": "application/json"})
     assert big.status_code == 413 and big.json()["error"]["code"] == "request_too_large"
-    small = httpx.post(url + "/v1/completions", content=(p for p in [b'{"model": "tiny", ', b'"prompt": "Hi", "max_tokens": 2}']),
+    small = httpx.post(url + "/v1/completions",
+                       content=(p for p in [b'{"model": "tiny", ', b'"prompt": "Hi", "max_tokens": 2}']),
                        headers={**AUTH, "Content-Type": "application/json"})
     assert small.status_code == 200, small.text  # no Content-Length is no reason to refuse
 
 
 def test_a_small_declared_length_does_not_let_a_big_body_in():
-    "Content-Length says 20 bytes while the body keeps coming (as a parser that trusts chunked framing delivers it): 413."
+    ("Content-Length says 20 bytes while the body keeps coming (as a parser that trusts chunked framing "
+     "delivers it): 413.")
     received, sent = [], []
     async def app(scope, receive, send):  # the app behind the guard: records what reaches it
         received.append(await receive())
@@ -245,7 +263,8 @@ def test_a_small_declared_length_does_not_let_a_big_body_in():
         messages = [{"type": "http.request", "body": p, "more_body": k < len(pieces) - 1} for k, p in enumerate(pieces)]
         async def receive(): return messages.pop(0) if messages else {"type": "http.disconnect"}
         async def send(message): sent.append(message)
-        scope = {"type": "http", "method": "POST", "path": "/v1/completions", "headers": [(b"content-length", declared)]}
+        scope = {"type": "http", "method": "POST", "path": "/v1/completions",
+                 "headers": [(b"content-length", declared)]}
         await Guard(app, max_body_bytes=1000)(scope, receive, send)
     asyncio.run(call(b"20", [b"x" * 600, b"x" * 600]))
     assert sent[0]["status"] == 413 and received == []
@@ -260,7 +279,8 @@ def test_a_full_queue_answers_429_with_retry_after():
     model, tok = tiny_model("llama")
     app, srv = in_process(model, tok, max_queue=2, max_batch=30, window_ms=2000)
     def ask(i):
-        return httpx.post(srv.url + "/v1/completions", json={"model": "tiny", "prompt": f"Number {i}", "max_tokens": 4}, timeout=60)
+        return httpx.post(srv.url + "/v1/completions",
+                          json={"model": "tiny", "prompt": f"Number {i}", "max_tokens": 4}, timeout=60)
     with srv, ThreadPoolExecutor(30) as pool: answers = list(pool.map(ask, range(30)))
     busy = [r for r in answers if r.status_code == 429]
     assert sorted(r.status_code for r in answers) == [200] * 2 + [429] * 28
@@ -273,7 +293,8 @@ def endless():
     "A tiny model and a prompt it continues for 300 tokens without stopping (found by trying a few)."
     model, tok = tiny_model("llama")
     for i in range(50):
-        if generate_texts(model, tok, [f"Story {i}:"], max_new_tokens=300)[0]["finish_reason"] == "length": return model, tok, f"Story {i}:"
+        if generate_texts(model, tok, [f"Story {i}:"], max_new_tokens=300)[0]["finish_reason"] == "length":
+            return model, tok, f"Story {i}:"
     raise AssertionError("no prompt runs to the length limit")
 
 
@@ -282,7 +303,8 @@ def test_a_client_that_leaves_while_queued_is_never_generated():
     app, srv = in_process(model, tok, window_ms=1500)  # the first request waits 1.5 s for others to join it
     with srv:
         with pytest.raises(httpx.ReadTimeout):
-            httpx.post(srv.url + "/v1/completions", json={"model": "tiny", "prompt": "Hi", "max_tokens": 8}, timeout=0.5)
+            httpx.post(srv.url + "/v1/completions", json={"model": "tiny", "prompt": "Hi", "max_tokens": 8},
+                       timeout=0.5)
         time.sleep(2)
         health = httpx.get(srv.url + "/health").json()
     assert (health["dropped"], health.get("rows", 0)) == (1, 0)
@@ -303,7 +325,8 @@ def test_a_client_that_leaves_during_generation_stops_its_row(endless, stream):
             with socket.create_connection(("127.0.0.1", srv.port)) as s:
                 s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                           b"Content-Length: %d\r\n\r\n%s" % (len(payload), payload))
-                while app.state.served.worker.stats["batches"] == 0: time.sleep(0.005)  # generating: now the client goes
+                # generating: now the client goes
+                while app.state.served.worker.stats["batches"] == 0: time.sleep(0.005)
         deadline = time.monotonic() + 30
         while app.state.served.worker.stats["cancelled"] == 0 and time.monotonic() < deadline: time.sleep(0.05)
         health = httpx.get(srv.url + "/health").json()
@@ -311,12 +334,14 @@ def test_a_client_that_leaves_during_generation_stops_its_row(endless, stream):
 
 
 def test_batches_keep_every_row_within_the_context():
-    "A long prompt with few new tokens and a short one with many each fit alone; together they would not (GPT-2: 512 positions)."
+    ("A long prompt with few new tokens and a short one with many each fit alone; together they would not "
+     "(GPT-2: 512 positions).")
     model, tok = tiny_model("gpt2")
     app, srv = in_process(model, tok, window_ms=500, max_tokens_cap=400)
     long_prompt = " ".join(["word"] * 1000)
     long_prompt = tok.decode(encode_prompts(tok, [long_prompt])[0][:400])
-    bodies = [{"model": "tiny", "prompt": long_prompt, "max_tokens": 10}, {"model": "tiny", "prompt": "Hi", "max_tokens": 400}]
+    bodies = [{"model": "tiny", "prompt": long_prompt, "max_tokens": 10},
+              {"model": "tiny", "prompt": "Hi", "max_tokens": 400}]
     with srv, ThreadPoolExecutor(2) as pool:
         answers = list(pool.map(lambda b: httpx.post(srv.url + "/v1/completions", json=b, timeout=120), bodies))
     assert [r.status_code for r in answers] == [200, 200], [r.text for r in answers]
@@ -328,7 +353,8 @@ def test_the_batch_token_budget_splits_batches():
     app, srv = in_process(model, tok, window_ms=500, max_batch_tokens=120)
     with srv, ThreadPoolExecutor(4) as pool:
         answers = list(pool.map(lambda i: httpx.post(srv.url + "/v1/completions", timeout=60,
-                                                     json={"model": "tiny", "prompt": f"Number {i}", "max_tokens": 40}), range(4)))
+                                                     json={"model": "tiny", "prompt": f"Number {i}", "max_tokens": 40}),
+                                range(4)))
     stats = app.state.served.worker.stats
     assert {r.status_code for r in answers} == {200} and stats["largest_batch"] == 2 and stats["batches"] == 2
 
@@ -358,7 +384,8 @@ def test_a_failing_request_gets_500_with_a_request_id_and_no_internals():
     model, tok, ok = faulty_model()
     app, srv = in_process(model, tok, window_ms=0)
     with srv:
-        bad = httpx.post(srv.url + "/v1/completions", json={"model": "tiny", "prompt": "Hamlet Shakespeare", "max_tokens": 4})
+        bad = httpx.post(srv.url + "/v1/completions",
+                         json={"model": "tiny", "prompt": "Hamlet Shakespeare", "max_tokens": 4})
         with httpx.stream("POST", srv.url + "/v1/completions", json={"model": "tiny", "prompt": "Hamlet Shakespeare",
                                                                      "max_tokens": 4, "stream": True}) as r:
             events = [line for line in r.iter_lines() if line]
@@ -378,7 +405,8 @@ def test_an_exception_in_a_route_gets_500_without_its_text():
     app, srv = in_process(model, tok)
     with srv: r = httpx.post(srv.url + "/v1/chat/completions", json={"model": "tiny", "messages": HAMLET})
     error = r.json()["error"]
-    assert r.status_code == 500 and "req-" in error["message"] and "secret" not in r.text and error["type"] == "server_error"
+    assert (r.status_code == 500 and "req-" in error["message"] and "secret" not in r.text
+            and error["type"] == "server_error")
 
 
 def test_an_error_event_is_raised_by_the_openai_client():
@@ -422,7 +450,8 @@ def test_fifty_concurrent_clients(url):
     "50 clients at once, 3 requests each (chat, completion, stream): all answered, batched, server healthy."
     def one_client(i):
         c = openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0, timeout=120)
-        chat = c.chat.completions.create(model="tiny", messages=[{"role": "user", "content": f"Question {i}?"}], max_tokens=4)
+        chat = c.chat.completions.create(model="tiny", messages=[{"role": "user", "content": f"Question {i}?"}],
+                                         max_tokens=4)
         text = c.completions.create(model="tiny", prompt=f"Number {i} is", max_tokens=4)
         streamed = list(c.chat.completions.create(model="tiny", messages=HAMLET, max_tokens=4, stream=True))
         return chat.choices[0].finish_reason, text.choices[0].finish_reason, streamed[-1].choices[0].finish_reason
@@ -435,4 +464,5 @@ def test_fifty_concurrent_clients(url):
 
 def test_serve_a_missing_folder_is_a_one_line_error(tmp_path):
     r = run_cli("serve", "--model", tmp_path / "nope", timeout=120)
-    assert r.returncode == 2 and r.stderr.strip().startswith("gpt-finetune: error:") and len(r.stderr.strip().splitlines()) == 1
+    assert (r.returncode == 2 and r.stderr.strip().startswith("gpt-finetune: error:")
+            and len(r.stderr.strip().splitlines()) == 1)

@@ -15,7 +15,8 @@ from conftest import start_server
 CLIENTS, MAX_QUEUE, LEAVERS, STAYERS, ROUNDS = 200, 16, 40, 16, 2
 KEY = "sk-load"
 SERVE = ("import sys; from gpt_finetune.options import ServeConfig; from gpt_finetune.serve import serve; "
-         f"serve(sys.argv[1], ServeConfig(port=int(sys.argv[2]), max_queue={MAX_QUEUE}, max_batch=8, window_ms=20, max_tokens_cap=16))")
+         f"serve(sys.argv[1], ServeConfig(port=int(sys.argv[2]), max_queue={MAX_QUEUE}, max_batch=8, window_ms=20, "
+         "max_tokens_cap=16))")
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +30,8 @@ def server(tmp_path_factory):
 
 
 def body(i: int, stream: bool = False, max_tokens: int = 4) -> dict:
-    return {"model": "tiny", "messages": [{"role": "user", "content": f"Question number {i}?"}], "max_tokens": max_tokens, "stream": stream}
+    return {"model": "tiny", "messages": [{"role": "user", "content": f"Question number {i}?"}],
+            "max_tokens": max_tokens, "stream": stream}
 
 
 async def one(client, i: int) -> tuple[int | str, float]:
@@ -66,13 +68,16 @@ async def leaver(client, i: int):
 
 
 async def round_of_load(url: str) -> tuple[list, float, list]:
-    "CLIENTS clients at once (a burst past the queue), then LEAVERS that disconnect beside STAYERS that retry until answered."
+    ("CLIENTS clients at once (a burst past the queue), then LEAVERS that disconnect beside STAYERS that retry "
+     "until answered.")
     limits = httpx.Limits(max_connections=CLIENTS, max_keepalive_connections=0)
-    async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {KEY}"}, limits=limits, timeout=120) as client:
+    async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {KEY}"}, limits=limits,
+                                 timeout=120) as client:
         start = time.perf_counter()
         burst = await asyncio.gather(*[one(client, i) for i in range(CLIENTS)])
         seconds = time.perf_counter() - start
-        mixed = await asyncio.gather(*[leaver(client, i) for i in range(LEAVERS)], *[patient(client, i) for i in range(STAYERS)])
+        mixed = await asyncio.gather(*[leaver(client, i) for i in range(LEAVERS)],
+                                     *[patient(client, i) for i in range(STAYERS)])
     return burst, seconds, mixed[LEAVERS:]
 
 
@@ -97,14 +102,17 @@ def test_load(server):
         assert set(statuses) <= {200, 429, 503}, sorted(set(map(str, statuses)))
         ok = sorted(t for s, t in burst if s == 200)
         errors = len(statuses) - sum(statuses.count(c) for c in (200, 429, 503))
-        print(f"round {k + 1}: {CLIENTS} concurrent clients, queue of {MAX_QUEUE}: {len(ok)} answered 200 in {seconds:.1f} s = "
-              f"{len(ok) / seconds:.1f} requests/s, latency p50 {statistics.median(ok):.2f} s, p95 {ok[int(0.95 * (len(ok) - 1))]:.2f} s, "
-              f"429: {statuses.count(429)}, 503: {statuses.count(503)}, other errors: {errors}; then {LEAVERS} clients left "
-              f"mid-request beside {STAYERS} that stayed ({[s for s, _ in stayers].count(200)} answered 200); server RSS {rss():.0f} MiB")
+        print(f"round {k + 1}: {CLIENTS} concurrent clients, queue of {MAX_QUEUE}: {len(ok)} answered 200 "
+              f"in {seconds:.1f} s = {len(ok) / seconds:.1f} requests/s, latency p50 {statistics.median(ok):.2f} s, "
+              f"p95 {ok[int(0.95 * (len(ok) - 1))]:.2f} s, 429: {statuses.count(429)}, 503: {statuses.count(503)}, "
+              f"other errors: {errors}; then {LEAVERS} clients left mid-request beside {STAYERS} that stayed "
+              f"({[s for s, _ in stayers].count(200)} answered 200); server RSS {rss():.0f} MiB")
         print(f"  health: {health}")
-        assert ok and statuses.count(429) > 0  # the burst past the queue size was refused at once, not queued without end
+        # the burst past the queue size was refused at once, not queued without end
+        assert ok and statuses.count(429) > 0
         assert [s for s, _ in stayers].count(200) == STAYERS  # everyone who stayed (and retried) got an answer
-    final = httpx.post(url + "/v1/chat/completions", json=body(0), headers={"Authorization": f"Bearer {KEY}"}, timeout=30)
+    final = httpx.post(url + "/v1/chat/completions", json=body(0), headers={"Authorization": f"Bearer {KEY}"},
+                       timeout=30)
     assert proc.poll() is None and final.status_code == 200 and health["worker_alive"]
     assert health.get("cancelled", 0) + health["dropped"] > 0  # work for clients who left was stopped or never started
     print(f"server RSS after round 1: {baseline:.0f} MiB, after round {ROUNDS}: {rss():.0f} MiB")

@@ -13,8 +13,9 @@ def test_sweep_ranks_plots_and_resumes(tmp_path, monkeypatch, capsys):
     (llama := tmp_path / "llama").mkdir(); model.save_pretrained(llama); tok.save_pretrained(llama)
     data, out = tmp_path / "pairs.json", tmp_path / "sweep"
     data.write_text(json.dumps([{"input": f"What is {i} plus {i}?", "output": f"It is {2 * i}."} for i in range(40)]))
-    args = ["sweep", "--data", data, "--model", llama, "--output-dir", out, "--lr-grid", "3e-4,3e-3", "--epochs-grid", "2",
-            "--lora-r-grid", "0,4", "--eval-every", 2, "--log-every", 2, "--batch-size", 8, "--precision", "fp32",
+    args = ["sweep", "--data", data, "--model", llama, "--output-dir", out, "--lr-grid", "3e-4,3e-3",
+            "--epochs-grid", "2", "--lora-r-grid", "0,4", "--eval-every", 2, "--log-every", 2,
+            "--batch-size", 8, "--precision", "fp32",
             "--keep-checkpoints"]  # a finished run deletes its checkpoints unless asked to keep them
     res = run_cli(*args)
     assert res.returncode == 0, res.stderr[-3000:]
@@ -29,7 +30,8 @@ def test_sweep_ranks_plots_and_resumes(tmp_path, monkeypatch, capsys):
     assert f"best: {table[2].split('|')[2].strip()}" in res.stdout
     assert (out / "sweep.png").read_bytes()[:4] == b"\x89PNG"
     assert all(r["valid_curve"] and r["train_curve"] for r in results)
-    # Rerun after "losing" one run's result: only that run trains again (from its last checkpoint), the rest are skipped.
+    # Rerun after "losing" one run's result: only that run trains again (from its last checkpoint),
+    # the rest are skipped.
     (out / names[1] / "result.json").unlink()
     capsys.readouterr()
     assert main(list(map(str, args))) == 0

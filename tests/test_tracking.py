@@ -28,14 +28,16 @@ def test_training_log_csv_and_tensorboard_events(data, tmp_path):
     model, tok = tiny_model("llama")
     stats = finetune(model, tok, *data, _cfg(tmp_path, report_to="tensorboard", early_stopping=0))
     rows = list(csv.DictReader(open(tmp_path / "training_log.csv")))
-    assert list(rows[0]) == ["step", "epoch", "train_loss", "valid_loss", "perplexity", "token_accuracy", "learning_rate"]
+    assert list(rows[0]) == ["step", "epoch", "train_loss", "valid_loss", "perplexity", "token_accuracy",
+                             "learning_rate"]
     steps = [int(r["step"]) for r in rows]
     assert steps == sorted(set(steps)) and steps[-1] == stats["steps"] == 12  # one row per logged step
     train = {int(r["step"]): float(r["train_loss"]) for r in rows if r["train_loss"]}
     valid = {int(r["step"]): float(r["valid_loss"]) for r in rows if r["valid_loss"]}
     assert sorted(train) == list(range(2, 13, 2)) and sorted(valid) == [3, 6, 9, 12]
     assert train == dict(stats["history"].train) and valid[12] == pytest.approx(stats["final_eval_loss"])
-    assert all(r["learning_rate"] for r in rows if r["train_loss"]) and all(r["token_accuracy"] for r in rows if r["valid_loss"])
+    assert (all(r["learning_rate"] for r in rows if r["train_loss"])
+            and all(r["token_accuracy"] for r in rows if r["valid_loss"]))
     events = list((tmp_path / "runs").rglob("events.out.tfevents.*"))
     assert events and sum(e.stat().st_size for e in events) > 200  # scalars, not only the file header
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

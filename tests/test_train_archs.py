@@ -32,7 +32,8 @@ def test_trains(arch, lora, tmp_path):
         with torch.no_grad(): before = model(x).logits
         plain = merge_lora(model)
         assert not hasattr(plain, "peft_config")
-        with torch.no_grad(): torch.testing.assert_close(plain(x).logits, before, atol=1e-2, rtol=1e-3)  # fp32 rounding of the folded update
+        # fp32 rounding of the folded update
+        with torch.no_grad(): torch.testing.assert_close(plain(x).logits, before, atol=1e-2, rtol=1e-3)
 
 
 def test_bf16_weights_keep_updates_smaller_than_bf16_resolution(tmp_path):
@@ -40,12 +41,14 @@ def test_bf16_weights_keep_updates_smaller_than_bf16_resolution(tmp_path):
     model, tok = tiny_model("llama")
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     ds = tokenize_records(load_records(default_data_path()).records[:16], tok)
-    cfg = TrainConfig(output_dir=str(tmp_path), epochs=1, batch_size=8, learning_rate=1e-6, warmup=0, scheduler="constant",
-                      eval_every=0, progress=False, precision="bf16", bf16_weights="on", save_every=0)
+    cfg = TrainConfig(output_dir=str(tmp_path), epochs=1, batch_size=8, learning_rate=1e-6, warmup=0,
+                      scheduler="constant", eval_every=0, progress=False, precision="bf16", bf16_weights="on",
+                      save_every=0)
     stats = finetune(model, tok, ds, None, cfg)
     assert stats["bf16_weights"] and stats["steps"] == 2
     assert all(p.dtype == torch.float32 for p in model.parameters())  # the caller gets a float32 model back
     w, w0 = model.model.layers[0].mlp.up_proj.weight.detach(), before["model.layers.0.mlp.up_proj.weight"]
     step = (w - w0).abs()
     assert (step > 0).float().mean() > 0.9  # nearly every weight moved...
-    assert (step < w0.abs() * 2 ** -9).float().mean() > 0.9  # ...by less than half a bf16 step: kept only by the masters
+    # ...by less than half a bf16 step: kept only by the masters
+    assert (step < w0.abs() * 2 ** -9).float().mean() > 0.9

@@ -11,13 +11,14 @@ from gpt_finetune.cli import main
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     path = tmp_path_factory.mktemp("data") / "pairs.jsonl"
-    path.write_text("\n".join(json.dumps({"input": f"What is {i} plus {i}?", "output": f"It is {2 * i}."}) for i in range(24)))
+    path.write_text("\n".join(json.dumps({"input": f"What is {i} plus {i}?", "output": f"It is {2 * i}."})
+                              for i in range(24)))
     return path
 
 
 def _run(llama_dir, data, out, *more):
-    return run_cli("run", "--data", data, "--model", llama_dir, "--output-dir", out, "--epochs", 1, "--max-new-tokens", 2,
-                   "--eval-every", 0, "--save-every", 1, "--no-progress", *more)
+    return run_cli("run", "--data", data, "--model", llama_dir, "--output-dir", out, "--epochs", 1,
+                   "--max-new-tokens", 2, "--eval-every", 0, "--save-every", 1, "--no-progress", *more)
 
 
 def test_run_folder_is_written_safely(llama_dir, data, tmp_path, monkeypatch):
@@ -33,7 +34,8 @@ def test_run_folder_is_written_safely(llama_dir, data, tmp_path, monkeypatch):
         assert model_time < (out / report).stat().st_mtime_ns, report
     m = json.loads((out / "metrics.json").read_text())
     assert m["disk"]["checkpoint_bytes_removed"] > 0 and m["disk"]["model_bytes"] > 0
-    assert "disk: " in first.stdout and "checkpoints removed" in first.stdout and "time: base evaluation" in first.stdout
+    assert ("disk: " in first.stdout and "checkpoints removed" in first.stdout
+            and "time: base evaluation" in first.stdout)
 
     before = {p.name: p.stat().st_mtime_ns for p in out.rglob("*")}
     again = _run(llama_dir, data, out)  # a second run into the same folder is refused, the first run untouched
@@ -58,6 +60,8 @@ def test_run_folder_is_written_safely(llama_dir, data, tmp_path, monkeypatch):
 def test_bad_data_is_one_line(content, tmp_path, capsys):
     path = tmp_path / "bad.json"
     path.write_bytes(content if isinstance(content, bytes) else content.encode("utf-8", "surrogatepass"))
-    code = main(["prepare", "--data", path, "--model", tmp_path / "never-loaded", "--output-dir", tmp_path / "out", "--strict"])
+    code = main(["prepare", "--data", path, "--model", tmp_path / "never-loaded", "--output-dir", tmp_path / "out",
+                 "--strict"])
     lines = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(lines) == 1 and lines[0].startswith("gpt-finetune: error: ") and "bad.json" in lines[0], lines
+    assert (code == 2 and len(lines) == 1 and lines[0].startswith("gpt-finetune: error: ")
+            and "bad.json" in lines[0]), lines

@@ -26,7 +26,8 @@ def _output_text(outputs) -> str:
 
 
 def _markdown_output(outputs) -> str:
-    return "\n".join(_text(o["data"]["text/markdown"]).strip("\n") for o in outputs if "text/markdown" in o.get("data", {}))
+    return "\n".join(_text(o["data"]["text/markdown"]).strip("\n")
+                     for o in outputs if "text/markdown" in o.get("data", {}))
 
 
 def _code_cell(cell) -> str:
@@ -41,18 +42,20 @@ def _code_cell(cell) -> str:
 
 
 def _root_links(md: str, nb_dir: Path) -> str:
-    "Links written relative to the notebook (`tutorials/x.ipynb`, right on the docs site) made relative to the repository root."
+    ("Links written relative to the notebook (`tutorials/x.ipynb`, right on the docs site) made relative to the "
+     "repository root.")
     def fix(m):
         target = m.group(2)
-        if re.match(r"[a-z][\w+.-]*:|[/#]", target) or (ROOT / target).exists() or not (nb_dir / target.split("#")[0]).exists(): return m.group(0)
+        if (re.match(r"[a-z][\w+.-]*:|[/#]", target) or (ROOT / target).exists()
+                or not (nb_dir / target.split("#")[0]).exists()): return m.group(0)
         return m.group(1) + (nb_dir / target).relative_to(ROOT).as_posix() + ")"
     return re.sub(r"(\]\()([^)\s]+)\)", fix, md)
 
 
 def render(nb_path: Path = ROOT / "nbs" / "index.ipynb") -> str:
     nb = json.loads(nb_path.read_text(encoding="utf-8"))
-    parts = [_root_links(_text(c["source"]).strip("\n"), nb_path.parent) if c["cell_type"] == "markdown" else _code_cell(c)
-             for c in nb["cells"]]
+    parts = [_root_links(_text(c["source"]).strip("\n"), nb_path.parent) if c["cell_type"] == "markdown"
+             else _code_cell(c) for c in nb["cells"]]
     head = "<!-- Generated from nbs/index.ipynb by tools/readme.py: edit the notebook, not this file. -->\n\n"
     return head + "\n\n".join(p for p in parts if p) + "\n"
 
@@ -60,6 +63,7 @@ def render(nb_path: Path = ROOT / "nbs" / "index.ipynb") -> str:
 if __name__ == "__main__":
     readme = ROOT / "README.md"
     if "--check" in sys.argv:
-        sys.exit(0 if readme.read_text(encoding="utf-8") == render() else "README.md is out of date: run `python tools/readme.py`")
+        sys.exit(0 if readme.read_text(encoding="utf-8") == render()
+                 else "README.md is out of date: run `python tools/readme.py`")
     readme.write_text(render(), encoding="utf-8")
     print(f"wrote {readme}")

@@ -35,7 +35,8 @@ try:
 except ImportError: pass
 try:  # PNGs without the matplotlib version in their metadata, so they only change when the figure does
     get_ipython().run_line_magic("config", "InlineBackend.figure_formats = ['png']")
-    get_ipython().run_line_magic("config", "InlineBackend.print_figure_kwargs = {{'bbox_inches': 'tight', 'metadata': {{'Software': None}}}}")
+    get_ipython().run_line_magic("config", "InlineBackend.print_figure_kwargs = "
+                                 "{{'bbox_inches': 'tight', 'metadata': {{'Software': None}}}}")
 except Exception: pass
 """
 
@@ -97,7 +98,8 @@ def _path_rules(nb_dir: Path) -> list[tuple[re.Pattern, object]]:
         return "" if new == "." else new + "/"  # a file in the notebook's folder is written as a plain name
     tmp = re.escape(tempfile.gettempdir().rstrip("/"))
     return [(re.compile(rf"({alternatives})(/|(?![\w.-]))"), sub),
-            (re.compile(r"(<[^<>\n]*?) at 0x[0-9a-fA-F]+>"), r"\1>"),  # `<object at 0x7f..>` -> `<object>`, as nbdev_clean does
+            # `<object at 0x7f..>` -> `<object>`, as nbdev_clean does
+            (re.compile(r"(<[^<>\n]*?) at 0x[0-9a-fA-F]+>"), r"\1>"),
             (re.compile(rf"(?:/private)?{tmp}/[^\s/'\"]+"), "<tmp>"),  # /tmp/tmpab12cd/x -> <tmp>/x
             (re.compile(r"\b0x[0-9a-fA-F]{9,16}\b"), "0x…"),  # memory addresses
             (re.compile(r"\b\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}(?:[.,]\d+)?(?:Z|[+-]\d{2}:?\d{2})?"), "<timestamp>"),
@@ -159,7 +161,8 @@ def execute(path: Path, timeout: int, skip: set[str], slow_cell: float = 10) -> 
             except Exception as e:
                 src = "\n".join(cell.source.splitlines()[:3])
                 raise RuntimeError(f"{path.name}, cell {i} ({type(e).__name__}):\n{src}\n...\n{_tail(e)}") from None
-            if (took := time.perf_counter() - start) >= slow_cell: print(f"  cell {i}: {took:.0f} s  {_first_line(cell.source)}", flush=True)
+            if (took := time.perf_counter() - start) >= slow_cell:
+                print(f"  cell {i}: {took:.0f} s  {_first_line(cell.source)}", flush=True)
             scrub_outputs(cell, rules)
             cell.metadata[FINGERPRINT_KEY] = fingerprint(cell.source)
             ran += 1
@@ -194,12 +197,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{_show(p)} ...", flush=True)
         try: ran, kept = execute(p, args.timeout, skip, args.slow_cell)
         except Exception as e:
-            failed.append(p); print(f"FAILED {_show(p)} after {time.perf_counter() - start:.0f} s: {e}", file=sys.stderr, flush=True)
+            failed.append(p)
+            print(f"FAILED {_show(p)} after {time.perf_counter() - start:.0f} s: {e}", file=sys.stderr, flush=True)
             continue
         clean([p])
-        print(f"{_show(p)}: {time.perf_counter() - start:.0f} s ({ran} cells run, {kept} kept as they were)", flush=True)
-    print(f"total: {time.perf_counter() - total:.0f} s for {len(paths)} notebooks" + (f", {len(failed)} failed (left unchanged): "
-          + ", ".join(_show(p) for p in failed) if failed else ""), flush=True)
+        print(f"{_show(p)}: {time.perf_counter() - start:.0f} s ({ran} cells run, {kept} kept as they were)",
+              flush=True)
+    print(f"total: {time.perf_counter() - total:.0f} s for {len(paths)} notebooks"
+          + (f", {len(failed)} failed (left unchanged): " + ", ".join(_show(p) for p in failed) if failed else ""),
+          flush=True)
     return 1 if failed else 0
 
 
