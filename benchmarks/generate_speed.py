@@ -28,7 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from gpt_finetune.data import default_data_path, prompt_text, stop_token_ids
-from gpt_finetune.evaluation import generate_texts
+from gpt_finetune.generation import generate_texts
 from gpt_finetune.formats import load_records
 from gpt_finetune.model import load_model, quiet_progress_bars
 

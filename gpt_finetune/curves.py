@@ -7,12 +7,14 @@ from __future__ import annotations
 import csv, importlib.util, math, os, sys
 from pathlib import Path
 
+import torch
 from transformers import TrainerCallback
 
 from .model import ModelError
 
 # %% auto #0
-__all__ = ['LossHistory', 'safe_exp', 'plot_losses', 'EvalLog', 'LivePlot', 'TrainingLog', 'TrackerError', 'tracker']
+__all__ = ['LossHistory', 'safe_exp', 'plot_losses', 'EvalLog', 'LivePlot', 'TrainingLog', 'TrackerError', 'tracker',
+           'BestWeights']
 
 # %% ../nbs/01b_curves.ipynb #6c81634e
 class LossHistory(TrainerCallback):
@@ -127,3 +129,29 @@ def tracker(name: str, # none, tensorboard, trackio, wandb or mlflow
                            f"(pip install {_TRACKER_PACKAGES[name][0]})")
     if name == "wandb" and not {"WANDB_MODE", "WANDB_API_KEY"} & set(os.environ): os.environ["WANDB_MODE"] = "offline"
     return name
+
+# %% ../nbs/01b_curves.ipynb #6f1b5bd7
+class BestWeights(TrainerCallback):
+    "Early stopping on the validation loss, the best trainable weights copied to CPU memory and restored at the end."
+    def __init__(self, patience: int = 3): # evaluations without improvement before stopping (0: never stop early)
+        self.patience, self.bad, self.best = patience, 0, math.inf
+        self.step, self.metrics, self.weights = None, None, None
+
+    def on_evaluate(self, args, state, control, metrics=None, model=None, optimizer=None, **kwargs):
+        if not metrics or "eval_loss" not in metrics or model is None: return
+        if metrics["eval_loss"] < self.best:
+            self.best, self.step, self.metrics, self.bad = metrics["eval_loss"], state.global_step, dict(metrics), 0
+            opt = getattr(optimizer, "optimizer", optimizer)
+            full = getattr(opt, "full_precision", lambda p: p.detach())  # master weights, if any
+            self.weights = {n: full(p).to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
+        else:
+            self.bad += 1
+            if self.patience and self.bad >= self.patience: control.should_training_stop = True
+
+    def restore(self, model) -> bool:
+        "Put the best weights back into `model`; False if there were none."
+        if self.weights is None: return False
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for n, w in self.weights.items(): params[n].copy_(w)
+        return True

@@ -12,7 +12,7 @@ from transformers import GenerationConfig
 
 from .data import encode_prompts, render_chat, stop_token_ids
 from .model import DEFAULT_MODEL, ModelError, load_model
-from .evaluation import Detokenizer, generate_ids, generate_texts
+from .generation import Detokenizer, generate_ids, generate_texts
 from .compare import metrics_table
 from .metrics import METRICS
 

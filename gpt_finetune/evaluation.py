@@ -6,22 +6,18 @@
 from __future__ import annotations
 import time
 from functools import lru_cache
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
-from transformers import DynamicCache
-from transformers.generation import TopPLogitsWarper
 
 from . import metrics as metrics_module
-from .data import (DataError, PackedCollator, encode_prompts, prompt_text, render_chat, stop_token_ids,
-                               tokenize_records)
 from .curves import safe_exp
+from .data import DataError, PackedCollator, render_chat, tokenize_records
+from .generation import generate_texts
 
 # %% auto #0
-__all__ = ['SCORERS', 'load_metric', 'record_losses', 'answer_perplexity', 'left_pad', 'Detokenizer', 'generate_ids',
-           'generate_texts', 'generate_answers', 'record_prompt', 'references_of', 'score_answers', 'evaluate_model']
+__all__ = ['SCORERS', 'load_metric', 'record_losses', 'answer_perplexity', 'record_prompt', 'references_of', 'score_answers',
+           'evaluate_model']
 
 # %% ../nbs/03_evaluate.ipynb #c6da430f
 SCORERS = ("exact_match", "token_f1", "rouge_l", "sacrebleu")  # configurations of the metric module
@@ -86,168 +82,6 @@ def answer_perplexity(model, # a causal LM
     "Token-weighted mean loss on the reference answers (and their end token), and its perplexity."
     losses = record_losses(model, tokenizer, records, batch_size, full_text, system)
     return _loss_summary(losses, "full_text" if full_text else "")
-
-# %% ../nbs/03_evaluate.ipynb #c115550c
-def left_pad(rows: list[list[int]], # encoded prompts of any lengths
-             pad_id: int, # the tokenizer's pad token id (masked out, so its value never matters)
-             device=None, # where the tensors go (None: the CPU)
-            ) -> dict:
-    "`input_ids` and `attention_mask` with every row padded on the left, so each prompt ends in the last column."
-    width = max(map(len, rows))
-    ids = [[pad_id] * (width - len(r)) + list(r) for r in rows]
-    mask = [[0] * (width - len(r)) + [1] * len(r) for r in rows]
-    return {"input_ids": torch.tensor(ids, device=device), "attention_mask": torch.tensor(mask, device=device)}
-
-# %% ../nbs/03_evaluate.ipynb #96df2b16
-class Detokenizer:
-    "Token ids in, new text out: holds back a character still incomplete or the start of a stop string."
-    def __init__(self, tokenizer, # decodes the ids
-                 stop: list[str] | None = None): # strings that end the text; it is cut before the first one
-        self.tokenizer, self.stop = tokenizer, [s for s in stop or [] if s]
-        self.ids, self.sent, self.stopped = [], 0, False
-
-    def text(self) -> str:
-        "All the text so far, cut before the first stop string (`stopped` then becomes True)."
-        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
-        cut = min((i for i in (text.find(s) for s in self.stop) if i >= 0), default=-1)
-        if cut >= 0: self.stopped = True
-        return text[:cut] if cut >= 0 else text
-
-    def _held(self, text: str) -> int:
-        bad = len(text) - len(text.rstrip("\ufffd"))
-        partial = max((k for s in self.stop for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
-        return max(bad, partial)
-
-    def push(self, token: int | None = None, # the next token id (None: nothing new)
-             final: bool = False, # the last call: release what was held back
-            ) -> str:
-        "The text that became certain with `token`."
-        if token is not None and not self.stopped: self.ids.append(token)
-        text = self.text()
-        safe = text if final or self.stopped else text[:len(text) - self._held(text)]
-        piece, self.sent = safe[self.sent:], max(self.sent, len(safe))
-        return piece
-
-# %% ../nbs/03_evaluate.ipynb #c4758c13
-def _pick(logits: torch.Tensor, do_sample: bool, temperature: float, top_p: float, generators: list) -> list[int]:
-    if not do_sample: return logits.argmax(-1).tolist()
-    scores = logits.float() / max(temperature, 1e-5)
-    if top_p < 1: scores = TopPLogitsWarper(top_p)(None, scores)
-    probs = scores.softmax(-1)
-    return [torch.multinomial(p, 1, generator=g).item() for p, g in zip(probs, generators)]
-
-# %% ../nbs/03_evaluate.ipynb #f67c6d32
-def _end(rows: list[list[int]], limits: list[int], cancelled) -> list[str | None]:
-    if any(not r for r in rows):
-        raise ValueError(f"prompt {[len(r) for r in rows].index(0)} of the batch has no tokens")
-    return ["cancelled" if cancelled and cancelled(i) else "length" if lim < 1 else None
-            for i, lim in enumerate(limits)]
-
-# %% ../nbs/03_evaluate.ipynb #454f8339
-def _common_prefix(rows: list[list[int]]) -> int:
-    "How many leading tokens every row shares, leaving each row at least one token of its own."
-    if len(rows) < 2: return 0
-    first, most = rows[0], min(map(len, rows)) - 1
-    return next((k for k in range(most) if any(r[k] != first[k] for r in rows[1:])), max(most, 0))
-
-# %% ../nbs/03_evaluate.ipynb #50ec7447
-def _prefill(model, rows: list[list[int]], pad_id: int):
-    "Read a batch of prompts, their shared prefix once; returns the cache, mask, positions and next-token logits."
-    cache, p, dev = DynamicCache(config=model.config), _common_prefix(rows), model.device
-    if p:
-        model(input_ids=torch.tensor([rows[0][:p]], device=dev), position_ids=torch.arange(p, device=dev)[None],
-              cache=cache,
-              logits_to_keep=1)
-        cache.batch_repeat_interleave(len(rows))
-    batch = left_pad([r[p:] for r in rows], pad_id, dev)
-    own = batch["attention_mask"]
-    mask = torch.cat([own.new_ones(len(rows), p), own], 1)
-    pos = (p + own.cumsum(-1) - 1).clamp(min=p)  # padding does not count: each row's own tokens follow the prefix
-    out = model(input_ids=batch["input_ids"], attention_mask=mask, position_ids=pos, cache=cache, logits_to_keep=1)
-    return cache, mask, pos, out.logits[:, -1]
-
-# %% ../nbs/03_evaluate.ipynb #787ebe93
-@torch.no_grad()
-def generate_ids(model, # a causal LM
-                 tokenizer, # its tokenizer: stop tokens, pad id, decoding
-                 rows: list[list[int]], # one batch of encoded prompts (see `encode_prompts`)
-                 max_new_tokens: int | list[int] = 64, # one limit for every row, or one per row
-                 on_token: Callable[[int, int], None] | None = None, # called with (row, token id) for each new token
-                 cancelled: Callable[[int], bool] | None = None, # row -> True ends that row now
-                 stop: list[list[str]] | None = None, # per row: strings that end its answer (cut before them)
-                 do_sample: bool = False, # False: greedy, the most likely token every time
-                 temperature: float = 1.0, # with sampling: scores are divided by it (lower: surer answers)
-                 top_p: float = 1.0, # with sampling: keep the smallest set of tokens whose probabilities reach it
-                 seed: int | None = None, # seeds each row's sampling, so the same call gives the same answers
-                ) -> list[dict]:
-    "Continue each row until it stops; per row `ids`, `text`, `finish_reason`, `prompt_tokens`, `completion_tokens`."
-    n, stops = len(rows), set(stop_token_ids(tokenizer))
-    limits = list(max_new_tokens) if isinstance(max_new_tokens, (list, tuple)) else [max_new_tokens] * n
-    finish, detoks = _end(rows, limits, cancelled), [Detokenizer(tokenizer, s) for s in (stop or [None] * n)]
-    live = [i for i in range(n) if finish[i] is None]
-    gens = [None if seed is None else torch.Generator(model.device).manual_seed(seed) for _ in range(n)]
-    model.eval()  # dropout off, or even greedy answers change from call to call
-    if live: cache, mask, pos, logits = _prefill(model, [rows[i] for i in live], tokenizer.pad_token_id)
-    while live:
-        tokens, keep = _pick(logits, do_sample, temperature, top_p, [gens[i] for i in live]), []
-        for k, (i, t) in enumerate(zip(live, tokens)):
-            if cancelled and cancelled(i): finish[i] = "cancelled"
-            elif t in stops: finish[i] = "stop"
-            else:
-                detoks[i].push(t)
-                if on_token: on_token(i, t)
-                finish[i] = "stop" if detoks[i].stopped else "length" if len(detoks[i].ids) >= limits[i] else None
-            if finish[i] is None: keep.append(k)
-        if not keep: break
-        if len(keep) < len(live):  # finished rows leave the batch and the cache
-            sel = torch.tensor(keep, device=model.device)
-            cache.batch_select_indices(sel); mask, pos = mask[sel], pos[sel]
-        live, step = [live[k] for k in keep], torch.tensor([[tokens[k]] for k in keep], device=model.device)
-        mask, pos = torch.cat([mask, mask.new_ones(len(live), 1)], 1), pos[:, -1:] + 1
-        logits = model(input_ids=step, attention_mask=mask, position_ids=pos, cache=cache).logits[:, -1]
-    return [{"ids": d.ids, "text": d.text(), "finish_reason": f, "prompt_tokens": len(r),
-             "completion_tokens": len(d.ids)}
-            for d, f, r in zip(detoks, finish, rows)]
-
-# %% ../nbs/03_evaluate.ipynb #648ee828
-def _per_row(stop, n: int) -> list[list[str]] | None:
-    if not stop: return None
-    return [list(stop)] * n if isinstance(stop[0], str) else [list(s or []) for s in stop]
-
-# %% ../nbs/03_evaluate.ipynb #6e397084
-def generate_texts(model, # a causal LM
-                   tokenizer, # its tokenizer
-                   prompts: list[str], # rendered prompts, each ending where its answer starts
-                   max_new_tokens: int = 64, # the longest answer, in tokens
-                   batch_size: int = 48, # prompts per batch: larger batches share each weight read among more rows
-                   progress: bool = False, # show a progress bar over the batches
-                   stop: list[str] | list[list[str]] | None = None, # stop strings for all prompts, or one list each
-                   **sampling, # `do_sample`, `temperature`, `top_p`, `seed` of `generate_ids`; greedy by default
-                  ) -> list[dict]:
-    "Continue any number of rendered prompts in batches of similar length; results as `generate_ids`, in input order."
-    rows, stops = encode_prompts(tokenizer, prompts), _per_row(stop, len(prompts))
-    order, results = sorted(range(len(rows)), key=lambda i: len(rows[i])), [None] * len(rows)
-    for start in tqdm(range(0, len(order), batch_size), desc="generating", disable=not progress):
-        idx = order[start:start + batch_size]
-        outs = generate_ids(model, tokenizer, [rows[i] for i in idx], max_new_tokens,
-                            stop=[stops[i] for i in idx] if stops else None, **sampling)
-        for i, o in zip(idx, outs): results[i] = o
-    return results
-
-# %% ../nbs/03_evaluate.ipynb #8333c850
-def generate_answers(model, # a causal LM
-                     tokenizer, # its tokenizer
-                     questions: list[str], # bare questions, rendered here with the training template
-                     max_new_tokens: int = 64, # the longest answer, in tokens
-                     batch_size: int = 48, # questions generated together
-                     system: str | None = None, # system prompt for chat templates (None: the template's own)
-                     progress: bool = False, # show a progress bar over the batches
-                     **sampling, # `do_sample`, `temperature`, `top_p`, `seed` of `generate_ids`; greedy by default
-                    ) -> list[dict]:
-    "Answer each question (text stripped); results as `generate_texts`."
-    prompts = [prompt_text(tokenizer, q, system) for q in questions]
-    outs = generate_texts(model, tokenizer, prompts, max_new_tokens, batch_size, progress, **sampling)
-    return [{**r, "text": r["text"].strip()} for r in outs]
 
 # %% ../nbs/03_evaluate.ipynb #1d3b3a93
 def record_prompt(tokenizer, # renders the conversation with its template

@@ -18,7 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .data import encode_prompts, render_chat
 from .deploy import load_for_inference
-from .evaluation import Detokenizer
+from .generation import Detokenizer
 from .options import API_KEY_ENV, ServeConfig
 from .worker import (BaseRequest, BatchWorker, ChatRequest, CompletionRequest, Finish, Job, QueueFull,
                                  WorkerStopped, api_key_of, request_id)

@@ -4,15 +4,15 @@
 
 # %% ../nbs/02_train.ipynb #f0ee06a3
 from __future__ import annotations
-import importlib.util, json, math, os, shutil, time, uuid, zipfile
+import importlib.util, json, os, shutil, time, uuid, zipfile
 from dataclasses import replace
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers import Trainer, TrainingArguments
 
-from .curves import EvalLog, LivePlot, LossHistory, TrainingLog, safe_exp, tracker
+from .curves import BestWeights, EvalLog, LivePlot, LossHistory, TrainingLog, safe_exp, tracker
 from .data import PackedCollator
 from .model import ModelError, best_device, best_precision, gradient_checkpointing
 from .options import TrainConfig
@@ -20,7 +20,7 @@ from .speed import Bf16AdamW, auto_batch_size, tune_malloc
 
 # %% auto #0
 __all__ = ['RUN_ID_FILE', 'answer_logits', 'answer_loss_sum', 'fused_cross_entropy', 'AnswerLossTrainer', 'packed_attention',
-           'BestWeights', 'CheckpointError', 'find_checkpoint', 'check_fits', 'training_args', 'finetune']
+           'CheckpointError', 'find_checkpoint', 'check_fits', 'training_args', 'finetune']
 
 # %% ../nbs/02_train.ipynb #8ecd4354
 def answer_logits(model, # a causal LM
@@ -125,32 +125,6 @@ def packed_attention(model, # the model to train; its attention implementation m
     if device == "cuda" and impl != "flash_attention_2" and importlib.util.find_spec("flash_attn") is not None:
         model.set_attn_implementation("flash_attention_2"); impl = "flash_attention_2"
     return impl
-
-# %% ../nbs/02_train.ipynb #6f1b5bd7
-class BestWeights(TrainerCallback):
-    "Early stopping on the validation loss, the best trainable weights copied to CPU memory and restored at the end."
-    def __init__(self, patience: int = 3): # evaluations without improvement before stopping (0: never stop early)
-        self.patience, self.bad, self.best = patience, 0, math.inf
-        self.step, self.metrics, self.weights = None, None, None
-
-    def on_evaluate(self, args, state, control, metrics=None, model=None, optimizer=None, **kwargs):
-        if not metrics or "eval_loss" not in metrics or model is None: return
-        if metrics["eval_loss"] < self.best:
-            self.best, self.step, self.metrics, self.bad = metrics["eval_loss"], state.global_step, dict(metrics), 0
-            opt = getattr(optimizer, "optimizer", optimizer)
-            full = getattr(opt, "full_precision", lambda p: p.detach())  # master weights, if any
-            self.weights = {n: full(p).to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
-        else:
-            self.bad += 1
-            if self.patience and self.bad >= self.patience: control.should_training_stop = True
-
-    def restore(self, model) -> bool:
-        "Put the best weights back into `model`; False if there were none."
-        if self.weights is None: return False
-        params = dict(model.named_parameters())
-        with torch.no_grad():
-            for n, w in self.weights.items(): params[n].copy_(w)
-        return True
 
 # %% ../nbs/02_train.ipynb #9556636a
 class CheckpointError(ModelError):

@@ -11,7 +11,7 @@ from typing import Callable, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .deploy import sampling_args
-from .evaluation import generate_ids
+from .generation import generate_ids
 from .options import API_KEY_ENV, ServeConfig
 
 # %% auto #0

@@ -13,7 +13,7 @@ from gpt_finetune.model import (DEFAULT_GGUF, DEFAULT_MODEL, ModelError, _downlo
                                 fetch_default_model, load_model, tiny_model)
 from gpt_finetune.options import TrainConfig
 from gpt_finetune.train import finetune
-from gpt_finetune.evaluation import generate_texts
+from gpt_finetune.generation import generate_texts
 
 FETCH = "import sys; from gpt_finetune.model import fetch_default_model; print(fetch_default_model(sys.argv[1]))"
 

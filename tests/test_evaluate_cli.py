@@ -48,7 +48,7 @@ def test_evaluate_against_baseline(tiny_dir, tmp_path, monkeypatch):
 
 def test_accept_list_counts_as_correct(tmp_path):
     "The model's own answer, given only as an `accept` alternative, counts as an exact match."
-    from gpt_finetune.evaluation import generate_answers
+    from gpt_finetune.generation import generate_answers
     from gpt_finetune.metrics import normalize_answer
     from gpt_finetune.model import load_model
     # the tiny random GPT-2 answers in words ("only only"); the tiny llama's tokens decode to nothing

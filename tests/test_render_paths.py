@@ -4,7 +4,8 @@ from fastapi.testclient import TestClient
 
 from gpt_finetune.data import encode_prompts, prompt_text, render_chat, tokenize_records, turn_segments
 from gpt_finetune.deploy import chat, generate, stream
-from gpt_finetune.evaluation import evaluate_model, generate_answers, record_prompt
+from gpt_finetune.evaluation import evaluate_model, record_prompt
+from gpt_finetune.generation import generate_answers
 from gpt_finetune.model import tiny_model
 from gpt_finetune.options import ServeConfig
 from gpt_finetune.serve import create_app

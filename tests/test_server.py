@@ -6,7 +6,7 @@ import httpx, openai, psutil, pytest, torch
 
 from gpt_finetune.data import encode_prompts
 from gpt_finetune.deploy import save_model
-from gpt_finetune.evaluation import generate_texts
+from gpt_finetune.generation import generate_texts
 from gpt_finetune.model import tiny_model
 from gpt_finetune.options import API_KEY_ENV, ServeConfig
 from gpt_finetune.serve import BackgroundServer, Guard, create_app
