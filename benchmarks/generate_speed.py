@@ -36,8 +36,8 @@ RESULTS = Path(__file__).parent / "results" / "generate_speed.txt"
 
 
 @torch.no_grad()
-def old_generate_texts(model, tokenizer, prompts: list[str], max_new_tokens: int = 64, batch_size: int = 16, progress: bool = False,
-                       **gen_kwargs) -> list[dict]:
+def old_generate_texts(model, tokenizer, prompts: list[str], max_new_tokens: int = 64, batch_size: int = 16,
+                       progress: bool = False, **gen_kwargs) -> list[dict]:
     "The loop evaluation used before the generation core (commit 2af4c4b), unchanged."
     stops = stop_token_ids(tokenizer)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
@@ -72,7 +72,8 @@ def main():
     p.add_argument("--questions", type=int, default=400, help="questions of the bundled data (its first N)")
     p.add_argument("--max-new-tokens", type=int, default=64, help="evaluation's default answer limit")
     p.add_argument("--chunk", type=int, default=100, help="questions per turn; the paths alternate on each chunk")
-    p.add_argument("--before-batch-size", type=int, default=16, help="the old loop's batch size (evaluation's default then)")
+    p.add_argument("--before-batch-size", type=int, default=16,
+                   help="the old loop's batch size (evaluation's default then)")
     p.add_argument("--after-batch-size", type=int, default=None, help="default: generate_texts' own default")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--out", type=Path, default=RESULTS)
@@ -93,21 +94,24 @@ def main():
         for name in (("before", "after") if k % 2 == 0 else ("after", "before")):
             o, s, c = timed(lambda: run[name](chunk))
             outs[name] += o; secs[name] += s; cpus[name] += c
-            print(f"chunk {k + 1}/{len(chunks)} {name:<6} {sum(map(count[name], o)):>6} tokens {s:>7.1f} s {c:>7.1f} CPU s", flush=True)
+            print(f"chunk {k + 1}/{len(chunks)} {name:<6} {sum(map(count[name], o)):>6} tokens {s:>7.1f} s "
+                  f"{c:>7.1f} CPU s", flush=True)
     rate = {n: sum(map(count[n], outs[n])) / secs[n] for n in secs}
     cpu_rate = {n: sum(map(count[n], outs[n])) / cpus[n] for n in secs}
     same = sum(a["text"] == b["text"] for a, b in zip(outs["before"], outs["after"]))
-    lines = [f"model: default (SmolLM2-135M-Instruct), loaded in {load_s:.1f} s; {len(prompts)} questions of the bundled data, "
-             f"greedy, at most {args.max_new_tokens} new tokens; torch {torch.__version__}, {torch.get_num_threads()} threads, "
-             f"{platform.machine()}",
+    lines = [f"model: default (SmolLM2-135M-Instruct), loaded in {load_s:.1f} s; {len(prompts)} questions of the "
+             f"bundled data, greedy, at most {args.max_new_tokens} new tokens; torch {torch.__version__}, "
+             f"{torch.get_num_threads()} threads, {platform.machine()}",
              f"questions in chunks of {args.chunk}, the two paths alternating on each chunk",
              f"{'path':<58}{'tokens':>8}{'seconds':>9}{'tokens/s':>10}{'CPU s':>8}{'tokens/CPU s':>14}"]
     names = {"before": f"before: old loop, model.generate, batches of {args.before_batch_size}",
              "after": f"after: generate_texts (generate_ids), batches of {after_kw.get('batch_size', 'default')}"}
     for n in ("before", "after"):
-        lines.append(f"{names[n]:<58}{sum(map(count[n], outs[n])):>8}{secs[n]:>9.1f}{rate[n]:>10.1f}{cpus[n]:>8.1f}{cpu_rate[n]:>14.1f}")
+        lines.append(f"{names[n]:<58}{sum(map(count[n], outs[n])):>8}{secs[n]:>9.1f}{rate[n]:>10.1f}"
+                     f"{cpus[n]:>8.1f}{cpu_rate[n]:>14.1f}")
     lines.append(f"speedup (generated tokens/s, after / before): {rate['after'] / rate['before']:.2f}x wall-clock, "
-                 f"{cpu_rate['after'] / cpu_rate['before']:.2f}x per CPU second; identical answers: {same}/{len(prompts)}")
+                 f"{cpu_rate['after'] / cpu_rate['before']:.2f}x per CPU second; "
+                 f"identical answers: {same}/{len(prompts)}")
     print("\n".join(lines))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n", encoding="utf-8")

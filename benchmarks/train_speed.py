@@ -67,7 +67,8 @@ def answer_valid_loss(model, valid_ds, device: str) -> float:
 def flops_needed(model, tokens: int, answer_tokens: int, attn_len2: int) -> float:
     "Training FLOPs of the needed work: body at every token, output layer at answer tokens, causal attention."
     emb, head = model.get_input_embeddings().weight, model.get_output_embeddings().weight
-    body = model.num_parameters() - emb.numel() - (0 if head is emb or head.data_ptr() == emb.data_ptr() else head.numel())
+    body = model.num_parameters() - emb.numel() - (0 if head is emb or head.data_ptr() == emb.data_ptr()
+                                                   else head.numel())
     c = model.config
     return 6 * body * tokens + 6 * head.numel() * answer_tokens + 6 * c.num_hidden_layers * c.hidden_size * attn_len2
 
@@ -85,7 +86,8 @@ def _trainer(name: str, model, tok, train, out: str, device: str):
     from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments
     from gpt_finetune.data import completion_text, prompt_text
     common = dict(output_dir=out, num_train_epochs=EPOCHS, per_device_train_batch_size=BATCH, learning_rate=LR,
-                  use_cpu=device == "cpu", report_to="none", save_strategy="no", logging_steps=10, seed=42, disable_tqdm=True)
+                  use_cpu=device == "cpu", report_to="none", save_strategy="no", logging_steps=10, seed=42,
+                  disable_tqdm=True)
     if name == "seed":
         texts = [prompt_text(tok, r["input"]) + completion_text(tok, r["input"], r["output"]) for r in train]
         ds = Dataset.from_dict({"text": texts}).map(lambda b: tok(b["text"], add_special_tokens=False), batched=True,
@@ -93,7 +95,8 @@ def _trainer(name: str, model, tok, train, out: str, device: str):
         return Trainer(model=model, args=TrainingArguments(**common), train_dataset=ds,
                        data_collator=DataCollatorForLanguageModeling(tok, mlm=False))
     from trl import SFTConfig, SFTTrainer
-    ds = Dataset.from_list([{"prompt": prompt_text(tok, r["input"]), "completion": completion_text(tok, r["input"], r["output"])}
+    ds = Dataset.from_list([{"prompt": prompt_text(tok, r["input"]),
+                             "completion": completion_text(tok, r["input"], r["output"])}
                             for r in train])
     extra = (dict(padding_free=True, max_length=None) if name == "trl_padding_free"
              else dict(packing=True, packing_strategy="bfd", max_length=1024))
@@ -126,7 +129,8 @@ def run_setup(name: str, quick: bool, model_name: str | None) -> dict:
     attn = int(sum(n * n for n in lengths))
     return {"setup": name, "label": SETUPS[name], "train_s": round(seconds, 2), "tokens": int(sum(lengths)),
             "answer_tokens": answer, "flops": flops_needed(model, int(sum(lengths)), answer, attn),
-            "valid_loss": round(answer_valid_loss(model, valid_ds, device), 4), "peak_mem_gb": round(peak_memory(device) / 2**30, 2)}
+            "valid_loss": round(answer_valid_loss(model, valid_ds, device), 4),
+            "peak_mem_gb": round(peak_memory(device) / 2**30, 2)}
 
 
 def matmul_peak(dtype_name: str, quick: bool, device: str) -> float:
@@ -146,9 +150,11 @@ def matmul_peak(dtype_name: str, quick: bool, device: str) -> float:
 def with_ratios(rows: list[dict], peak: float) -> list[dict]:
     "Each row with its throughputs, MFU against the bf16 peak, and speed-ups over the seed recipe and TRL."
     base = next((r for r in rows if r["setup"] == "seed"), None)
-    trl = max((r for r in rows if r["setup"].startswith("trl")), key=lambda r: r["answer_tokens"] / r["train_s"], default=None)
+    trl = max((r for r in rows if r["setup"].startswith("trl")), key=lambda r: r["answer_tokens"] / r["train_s"],
+              default=None)
     for r in rows:
-        r["answer_tok_s"], r["tok_s"] = round(r["answer_tokens"] / r["train_s"], 1), round(r["tokens"] / r["train_s"], 1)
+        r["answer_tok_s"], r["tok_s"] = (round(r["answer_tokens"] / r["train_s"], 1),
+                                         round(r["tokens"] / r["train_s"], 1))
         r["mfu"] = round(r["flops"] / r["train_s"] / peak, 4)
         r["vs_seed"] = round(base["train_s"] / r["train_s"], 2) if base else None
         r["vs_trl"] = round(trl["train_s"] / r["train_s"], 2) if trl else None
@@ -157,12 +163,14 @@ def with_ratios(rows: list[dict], peak: float) -> list[dict]:
 
 def table(rows: list[dict]) -> str:
     "The results as a markdown table."
-    lines = ["| setup | answer tok/s | total tok/s | train s | valid loss (answer) | peak memory | MFU | vs (a) | vs (b) |",
+    lines = ["| setup | answer tok/s | total tok/s | train s | valid loss (answer) | peak memory | MFU | vs (a) "
+             "| vs (b) |",
              "|---|---|---|---|---|---|---|---|---|"]
     x = lambda v: f"{v:.2f}x" if v is not None else "–"
     for r in rows:
-        lines.append(f"| {r['label']} | {r['answer_tok_s']:.0f} | {r['tok_s']:.0f} | {r['train_s']:.0f} | {r['valid_loss']:.2f} "
-                     f"| {r['peak_mem_gb']:.1f} GB | {100 * r['mfu']:.0f} % | {x(r['vs_seed'])} | {x(r['vs_trl'])} |")
+        lines.append(f"| {r['label']} | {r['answer_tok_s']:.0f} | {r['tok_s']:.0f} | {r['train_s']:.0f} "
+                     f"| {r['valid_loss']:.2f} | {r['peak_mem_gb']:.1f} GB | {100 * r['mfu']:.0f} % "
+                     f"| {x(r['vs_seed'])} | {x(r['vs_trl'])} |")
     return "\n".join(lines)
 
 
@@ -170,11 +178,12 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="16 training pairs: checks that every setup runs")
     p.add_argument("--setups", default="seed,trl_padding_free,gpt_finetune",
-                   help="comma-separated, from " + ", ".join(SETUPS) + " (trl_packing: TRL's packing into 1,024-token rows, "
-                        "slower than its padding_free here, so left out by default)")
+                   help="comma-separated, from " + ", ".join(SETUPS) + " (trl_packing: TRL's packing into "
+                        "1,024-token rows, slower than its padding_free here, so left out by default)")
     p.add_argument("--model", default=None, help="Hub id or folder (default: the default model)")
-    p.add_argument("--out", default=None, help="folder for train_speed.txt and train_speed.json (default: benchmarks/results, "
-                                                "except with --quick; '': write nothing)")
+    p.add_argument("--out", default=None,
+                   help="folder for train_speed.txt and train_speed.json (default: benchmarks/results, "
+                        "except with --quick; '': write nothing)")
     p.add_argument("--no-malloc-tuning", action="store_true", help="leave glibc's malloc thresholds at their defaults")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -188,19 +197,23 @@ def main():
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
     if not args.no_malloc_tuning: env["GLIBC_TUNABLES"] = MALLOC_TUNABLES
     peaks = {d: matmul_peak(d, args.quick, device) for d in ("bfloat16", "float32")}
-    gpu = torch.cuda.get_device_name() if device == "cuda" else f"{os.cpu_count()} CPU cores, {torch.get_num_threads()} threads"
+    gpu = (torch.cuda.get_device_name() if device == "cuda"
+           else f"{os.cpu_count()} CPU cores, {torch.get_num_threads()} threads")
     head = (f"# torch {torch.__version__}, {gpu}; matmul peak bf16 {peaks['bfloat16'] / 1e9:.0f} GFLOP/s, fp32 "
             f"{peaks['float32'] / 1e9:.0f} GFLOP/s (ratio {peaks['bfloat16'] / peaks['float32']:.1f}); model "
-            f"{args.model or 'default (SmolLM2-135M-Instruct)'}; {len(train)} training pairs, {len(valid)} validation pairs, "
-            f"batch {BATCH}, lr {LR}, {EPOCHS} epoch{'; GLIBC_TUNABLES=' + env['GLIBC_TUNABLES'] if 'GLIBC_TUNABLES' in env else ''}")
+            f"{args.model or 'default (SmolLM2-135M-Instruct)'}; {len(train)} training pairs, "
+            f"{len(valid)} validation pairs, batch {BATCH}, lr {LR}, {EPOCHS} epoch"
+            f"{'; GLIBC_TUNABLES=' + env['GLIBC_TUNABLES'] if 'GLIBC_TUNABLES' in env else ''}")
     print(head, flush=True)
     rows, start, log = [], time.perf_counter(), [head]
     for name in args.setups.split(","):
-        cmd = [sys.executable, __file__, "--child", name] + (["--quick"] if args.quick else []) + (["--model", args.model] if args.model else [])
+        cmd = ([sys.executable, __file__, "--child", name] + (["--quick"] if args.quick else [])
+               + (["--model", args.model] if args.model else []))
         res = subprocess.run(cmd, capture_output=True, text=True, env=env)
         found = [l for l in res.stdout.splitlines() if l.startswith("RESULT ")]
         if res.returncode or not found:
-            log.append(f"# {name} failed (exit {res.returncode}): {res.stderr.strip().splitlines()[-1:]}"); print(log[-1], flush=True)
+            log.append(f"# {name} failed (exit {res.returncode}): "
+                       f"{res.stderr.strip().splitlines()[-1:]}"); print(log[-1], flush=True)
             continue
         rows.append(json.loads(found[-1][7:]))
         log.append(f"# {name}: {rows[-1]['train_s']:.0f} s"); print(log[-1], flush=True)
@@ -213,8 +226,9 @@ def main():
         out = Path(out).resolve(); out.mkdir(parents=True, exist_ok=True)
         (out / "train_speed.txt").write_text("\n".join(log + [md, f"# benchmark wall time {wall:.0f} s"]) + "\n")
         (out / "train_speed.json").write_text(json.dumps(
-            {"command": "python benchmarks/train_speed.py " + " ".join(sys.argv[1:]), "torch": torch.__version__, "device": gpu,
-             "peak_bf16_flops": peaks["bfloat16"], "peak_fp32_flops": peaks["float32"], "model": args.model or "default",
+            {"command": "python benchmarks/train_speed.py " + " ".join(sys.argv[1:]), "torch": torch.__version__,
+             "device": gpu, "peak_bf16_flops": peaks["bfloat16"], "peak_fp32_flops": peaks["float32"],
+             "model": args.model or "default",
              "train_pairs": len(train), "valid_pairs": len(valid), "batch": BATCH, "lr": LR, "epochs": EPOCHS,
              "wall_s": round(wall), "rows": rows, "markdown": md}, indent=1) + "\n")
         if out == RESULTS:  # the lesson 02_train and README render the table from the package's copy
