@@ -222,10 +222,14 @@ def split_too_long(ds: Dataset,          # a tokenized dataset with a `length` c
 @dataclass
 class PackedCollator:
     "Concatenate a batch of tokenized examples into one row, with position ids restarting per example."
+    pad_to_multiple_of: int = 1 # round the row up with a padding segment that only sees itself (1: no padding)
+
     def __call__(self, features: list[dict]) -> dict:
         ids = [torch.tensor(f["input_ids"]) for f in features]
         labels = [torch.tensor(f["labels"]) for f in features]
         for l in labels: l[0] = -100
+        if extra := -sum(map(len, ids)) % self.pad_to_multiple_of:  # token 0, never trained, its own positions
+            ids.append(torch.zeros(extra, dtype=torch.long)); labels.append(torch.full((extra,), -100))
         return {"input_ids": torch.cat(ids)[None], "labels": torch.cat(labels)[None],
                 "position_ids": torch.cat([torch.arange(len(x)) for x in ids])[None]}
 
