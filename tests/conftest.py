@@ -14,23 +14,24 @@ def run_cli(*args, timeout=600):
     return subprocess.run([CLI, *map(str, args)], capture_output=True, text=True, timeout=timeout)
 
 
+def save_tiny(tmp_path_factory, arch: str) -> Path:
+    "A tiny random model of architecture `arch`, saved as a Hugging Face folder."
+    model, tok = tiny_model(arch)
+    path = tmp_path_factory.mktemp(f"tiny-{arch}")
+    model.save_pretrained(path); tok.save_pretrained(path)
+    return path
+
+
 @pytest.fixture(scope="session", params=["llama", "gpt2"])
 def tiny_dir(request, tmp_path_factory):
     "A tiny random model of each architecture, saved as a Hugging Face folder."
-    model, tok = tiny_model(request.param)
-    path = tmp_path_factory.mktemp(f"tiny-{request.param}")
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
+    return save_tiny(tmp_path_factory, request.param)
 
 
 @pytest.fixture(scope="session")
 def llama_dir(tmp_path_factory):
     "A tiny random Llama (chat template), saved as a Hugging Face folder."
-    model, tok = tiny_model("llama")
-    path = tmp_path_factory.mktemp("tiny-llama")
-    model.save_pretrained(path); tok.save_pretrained(path)
-    return path
+    return save_tiny(tmp_path_factory, "llama")
 
 
 def start_server(code: str, args: list, env: dict, timeout: float = 90):

@@ -5,17 +5,13 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CLI
-from gpt_finetune.model import tiny_model
+from conftest import CLI, save_tiny
 
 
 @pytest.fixture(scope="module")
 def gpt2_dir(tmp_path_factory):
     "A tiny saved GPT-2 (plain prompts): its random answers decode to visible words."
-    model, tok = tiny_model("gpt2")
-    path = tmp_path_factory.mktemp("tiny-gpt2")
-    model.save_pretrained(path); tok.save_pretrained(path)
-    return path
+    return save_tiny(tmp_path_factory, "gpt2")
 
 
 def _own_terminal():
