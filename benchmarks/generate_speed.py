@@ -9,9 +9,9 @@ greedy, stopping at the end-of-turn token, from the same rendered prompts:
 - before: a faithful copy of the loop evaluation used until now (`generate_texts` at commit 2af4c4b):
   prompts sorted by length in characters, batches of 16 left-padded by the tokenizer, `model.generate`
   for each batch, which runs until every row has stopped while finished rows keep computing;
-- after: `gpt_finetune.evaluation.generate_texts` with its defaults: prompts sorted by length in tokens,
-  batches of 48, `generate_ids`, which reads the prefix all prompts of a batch share (the chat template's
-  system prompt) once, and drops each finished row from the batch and its key/value cache.
+- after: `gpt_finetune.generation.generate_texts` with its defaults: prompts sorted by length in tokens,
+  cut into even batches of at most 64, `generate_ids`, which reads the prefix all prompts of a batch share (the
+  chat template's system prompt) once, and drops each finished row from the batch and its key/value cache.
 
 Generated tokens are the answer tokens up to (not including) the stop token, counted the same way for
 both. The host is shared and noisy, so the questions are cut into chunks and the two paths take turns

@@ -16,7 +16,7 @@ machine slows every setup alike, so the ratios hold even when absolute times do 
 One run on a very busy machine (load ~14 on 2 cores, 3 measured steps each) gave bf16_master 1.13x and bf16_sr 0.93x
 autocast; measure again on a quiet machine before trusting the size of the gain.
 
-With `--profile`, torch.profiler records the `autocast` setup and prints the share of forward, backward and
+With `--profile`, torch.profiler records the first setup and prints the share of forward, backward and
 optimizer time and the most expensive operators.
 """
 from __future__ import annotations
@@ -40,6 +40,8 @@ class Setup:
     "One way to run a training step: its model, optimizer and per-step function."
     def __init__(self, name: str, model):
         from gpt_finetune.speed import Bf16AdamW
+        from gpt_finetune.train import packed_attention
+        packed_attention(model)  # as finetune() does: attention on each example of a packed row alone
         self.name, self.autocast, self.seconds, self.tokens = name, name in ("autocast", "batch16", "threads1"), 0.0, 0
         if name == "bf16_master":
             self.model, self.opt = model.to(torch.bfloat16), Bf16AdamW(model.parameters(), lr=5e-5)
@@ -68,7 +70,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=4, help="measured steps per setup (after one warm-up step)")
     p.add_argument("--setups", default="autocast,bf16_master,bf16_sr,batch16")
-    p.add_argument("--profile", action="store_true", help="torch.profiler table of the autocast setup")
+    p.add_argument("--profile", action="store_true", help="torch.profiler table of the first setup")
     args = p.parse_args()
     from gpt_finetune.model import fetch_default_model, load_model, quiet_progress_bars
     quiet_progress_bars()
@@ -93,7 +95,7 @@ def main():
               f"{(s.tokens / s.seconds) / (base.tokens / base.seconds):4.2f}x {base.name}  "
               f"last loss {losses[s.name][-1]:.3f}")
     if args.profile:
-        s = next(x for x in setups if x.name == "autocast")
+        s = setups[0]
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             for b in rows8[1:3]: s.step(b)
         ev = {e.key: e.cpu_time_total for e in prof.key_averages() if e.key in ("forward", "backward", "optimizer")}

@@ -14,7 +14,7 @@ from transformers.generation import TopPLogitsWarper
 from .data import encode_prompts, prompt_text, stop_token_ids
 
 # %% auto #0
-__all__ = ['left_pad', 'Detokenizer', 'generate_ids', 'generate_texts', 'generate_answers']
+__all__ = ['left_pad', 'Detokenizer', 'generate_ids', 'even_batches', 'generate_texts', 'generate_answers']
 
 # %% ../nbs/02c_generate.ipynb #c115550c
 def left_pad(rows: list[list[int]], # encoded prompts of any lengths
@@ -143,12 +143,20 @@ def _per_row(stop, n: int) -> list[list[str]] | None:
     if not stop: return None
     return [list(stop)] * n if isinstance(stop[0], str) else [list(s or []) for s in stop]
 
+# %% ../nbs/02c_generate.ipynb #b8a3533e
+def even_batches(n: int, # how many items
+                 most: int, # the largest batch allowed
+                ) -> list[range]:
+    "Consecutive index ranges covering `n` items in as few batches of at most `most` as possible, sizes within one."
+    k = -(-n // max(most, 1))
+    return [range(i * n // k, (i + 1) * n // k) for i in range(k)]
+
 # %% ../nbs/02c_generate.ipynb #6e397084
 def generate_texts(model, # a causal LM
                    tokenizer, # its tokenizer
                    prompts: list[str], # rendered prompts, each ending where its answer starts
                    max_new_tokens: int = 64, # the longest answer, in tokens
-                   batch_size: int = 48, # prompts per batch: larger batches share each weight read among more rows
+                   batch_size: int = 64, # most prompts per batch: larger batches share each weight read among more rows
                    progress: bool = False, # show a progress bar over the batches
                    stop: list[str] | list[list[str]] | None = None, # stop strings for all prompts, or one list each
                    **sampling, # `do_sample`, `temperature`, `top_p`, `seed` of `generate_ids`; greedy by default
@@ -156,8 +164,8 @@ def generate_texts(model, # a causal LM
     "Continue any number of rendered prompts in batches of similar length; results as `generate_ids`, in input order."
     rows, stops = encode_prompts(tokenizer, prompts), _per_row(stop, len(prompts))
     order, results = sorted(range(len(rows)), key=lambda i: len(rows[i])), [None] * len(rows)
-    for start in tqdm(range(0, len(order), batch_size), desc="generating", disable=not progress):
-        idx = order[start:start + batch_size]
+    for batch in tqdm(even_batches(len(order), batch_size), desc="generating", disable=not progress):
+        idx = [order[i] for i in batch]
         outs = generate_ids(model, tokenizer, [rows[i] for i in idx], max_new_tokens,
                             stop=[stops[i] for i in idx] if stops else None, **sampling)
         for i, o in zip(idx, outs): results[i] = o
@@ -168,7 +176,7 @@ def generate_answers(model, # a causal LM
                      tokenizer, # its tokenizer
                      questions: list[str], # bare questions, rendered here with the training template
                      max_new_tokens: int = 64, # the longest answer, in tokens
-                     batch_size: int = 48, # questions generated together
+                     batch_size: int = 64, # most questions generated together
                      system: str | None = None, # system prompt for chat templates (None: the template's own)
                      progress: bool = False, # show a progress bar over the batches
                      **sampling, # `do_sample`, `temperature`, `top_p`, `seed` of `generate_ids`; greedy by default

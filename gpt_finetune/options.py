@@ -121,7 +121,7 @@ class LoraOptions(Checked):
 class EvalOptions(Checked):
     "How the models answer the test questions."
     max_new_tokens: int = option(48, "longest generated answer during evaluation")
-    eval_batch_size: int = option(16, "questions generated together during evaluation")
+    eval_batch_size: int = option(64, "questions generated together in evaluation: more rows share each weight read")
     reuse_baseline: bool = option(True, "reuse the base model's scored answers when the same model, test records and "
                                   "settings were evaluated before (cached in the user cache folder)")
 

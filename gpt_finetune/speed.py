@@ -44,13 +44,16 @@ def _stochastic_round_(dst: torch.Tensor, src: torch.Tensor):
 
 # %% ../nbs/01c_speed.ipynb #54384f07
 def _param_chunks(params: list, # tensors, in order
-                  most: int = 1 << 24, # elements per chunk, unless one tensor alone is larger
+                  most: int = 1 << 21, # elements per chunk
                  ):
-    "Split `params` into consecutive lists of at most `most` elements (a larger tensor is a list of its own)."
+    "Lists of (tensor, slice of its flattened elements or None: all) holding at most `most` elements each."
     chunk, n = [], 0
     for p in params:
-        if chunk and n + p.numel() > most: yield chunk; chunk, n = [], 0
-        chunk.append(p); n += p.numel()
+        whole = p.numel() <= most or not p.is_contiguous()  # only contiguous tensors have flat views to slice
+        for part in [None] if whole else [slice(a, a + most) for a in range(0, p.numel(), most)]:
+            size = p.numel() if part is None else len(range(p.numel())[part])
+            if chunk and n + size > most: yield chunk; chunk, n = [], 0
+            chunk.append((p, part)); n += size
     if chunk: yield chunk
 
 # %% ../nbs/01c_speed.ipynb #795b4ed8
@@ -63,9 +66,10 @@ class Bf16AdamW(torch.optim.Optimizer):
                  eps: float = 1e-8, # added to the denominator for numerical stability
                  weight_decay: float = 0.0, # decoupled weight decay (AdamW), scaled by lr
                  master_weights: bool = True, # float32 master copies (+4 bytes per weight); False: stochastic rounding
+                 chunk: int = 1 << 21, # elements updated together: a chunk's float32 state should fit in the cache
                 ):
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
-        self.master_weights = master_weights
+        self.master_weights, self.chunk = master_weights, chunk
         if master_weights:  # copied now, before the model is cast to bf16: the masters start exact
             for g in self.param_groups:
                 for p in g["params"]: self.state[p]["master"] = p.detach().float().clone()
@@ -95,16 +99,23 @@ class Bf16AdamW(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure=None):
         from torch.optim.adamw import adamw
+        part = lambda t, s: t if s is None else t.view(-1)[s]
         for g in self.param_groups:
-            for ps in _param_chunks([p for p in g["params"] if p.grad is not None]):
-                sts = [self._state(p) for p in ps]
-                w = [s["master"] for s in sts] if self.master_weights else [p.float() for p in ps]
-                adamw(w, [p.grad.float() for p in ps], [s["exp_avg"] for s in sts], [s["exp_avg_sq"] for s in sts],
-                      [], [s["step"] for s in sts], fused=True, amsgrad=False, beta1=g["betas"][0],
-                      beta2=g["betas"][1], lr=g["lr"], weight_decay=g["weight_decay"], eps=g["eps"], maximize=False)
-                for p, x in zip(ps, w):
-                    if self.master_weights: p.copy_(x)
-                    else: _stochastic_round_(p, x)
+            params = [p for p in g["params"] if p.grad is not None]
+            for ps in _param_chunks(params, self.chunk):
+                sts = [self._state(p) for p, _ in ps]
+                w = ([part(st["master"], s) for st, (_, s) in zip(sts, ps)] if self.master_weights
+                     else [part(p, s).float() for p, s in ps])
+                adamw(w, [part(p.grad, s).float() for p, s in ps],
+                      [part(st["exp_avg"], s) for st, (_, s) in zip(sts, ps)],
+                      [part(st["exp_avg_sq"], s) for st, (_, s) in zip(sts, ps)], [],
+                      [st["step"].clone() for st in sts],  # the kernel counts the step for each slice: counted below
+                      fused=True, amsgrad=False, beta1=g["betas"][0], beta2=g["betas"][1], lr=g["lr"],
+                      weight_decay=g["weight_decay"], eps=g["eps"], maximize=False)
+                for (p, s), x in zip(ps, w):
+                    if self.master_weights: part(p, s).copy_(x)
+                    else: _stochastic_round_(part(p, s), x)
+            for p in params: self.state[p]["step"] += 1
 
     @torch.no_grad()
     def to_float32(self, model):

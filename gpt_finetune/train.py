@@ -10,7 +10,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from transformers import Trainer, TrainingArguments
+from transformers import AttentionInterface, Trainer, TrainerCallback, TrainingArguments
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from .curves import BestWeights, EvalLog, LivePlot, LossHistory, TrainingLog, safe_exp, tracker
 from .data import PackedCollator
@@ -19,8 +21,9 @@ from .options import TrainConfig
 from .speed import Bf16AdamW, auto_batch_size, tune_malloc
 
 # %% auto #0
-__all__ = ['RUN_ID_FILE', 'answer_logits', 'answer_loss_sum', 'fused_cross_entropy', 'AnswerLossTrainer', 'packed_attention',
-           'CheckpointError', 'find_checkpoint', 'check_fits', 'training_args', 'finetune']
+__all__ = ['RUN_ID_FILE', 'answer_logits', 'answer_loss_sum', 'fused_cross_entropy', 'AnswerLossTrainer', 'packed_sdpa',
+           'packed_attention', 'CheckpointError', 'find_checkpoint', 'check_fits', 'NoFinalCheckpoint', 'training_args',
+           'finetune']
 
 # %% ../nbs/02_train.ipynb #8ecd4354
 def answer_logits(model, # a causal LM
@@ -111,19 +114,99 @@ class AnswerLossTrainer(Trainer):
 
     def _save_checkpoint(self, model, trial):
         start = time.perf_counter()
-        super()._save_checkpoint(model, trial)
+        limit, self.args.save_total_limit = self.args.save_total_limit, None  # its rotation counts others' checkpoints
+        try: super()._save_checkpoint(model, trial)
+        finally: self.args.save_total_limit = limit
         if self.args.should_save and self.run_id:  # written last: a checkpoint without it is incomplete
             (Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}" / RUN_ID_FILE).write_text(self.run_id)
+            if limit: _keep_newest(Path(self.args.output_dir), self.run_id, limit)
         self.timings["checkpoint_s"] += time.perf_counter() - start
+
+# %% ../nbs/02_train.ipynb #fdbb1c56
+def _example_starts(position_ids: torch.Tensor) -> torch.Tensor:
+    "True where an example begins in the flattened rows: a row begins, or the positions do not count on by one."
+    flat = position_ids.reshape(-1)
+    start = torch.ones_like(flat, dtype=torch.bool)
+    start[1:] = flat[1:] != flat[:-1] + 1
+    start[:: position_ids.shape[1]] = True
+    return start
+
+# %% ../nbs/02_train.ipynb #725fc11b
+def _packing_plan(mask, # the 4-D boolean mask transformers built for this forward pass (or None)
+                  position_ids, # (rows, tokens) positions, restarting at 0 for every packed example
+                 ) -> tuple[torch.Tensor, torch.Tensor] | None:
+    "Token indices of each example (examples × longest) and which are real, if `mask` is exactly the examples' blocks."
+    if position_ids is None or position_ids.dim() != 2 or mask is None or mask.dtype != torch.bool: return None
+    rows, n = position_ids.shape
+    if mask.dim() != 4 or mask.shape[1] != 1 or mask.shape[-2:] != (n, n): return None
+    start = _example_starts(position_ids)
+    starts = start.nonzero().squeeze(-1)
+    if len(starts) == rows: return None  # one example per row: nothing to save
+    lengths = torch.diff(starts, append=starts.new_tensor([rows * n]))
+    longest = int(lengths.max())
+    if len(starts) * longest ** 2 >= rows * n ** 2: return None  # padding to the longest costs more than the mask
+    example = start.cumsum(0).view(rows, n)
+    blocks = (example[:, :, None] == example[:, None, :]) & torch.ones(n, n, dtype=torch.bool, device=mask.device).tril()
+    if not torch.equal(mask.expand(rows, 1, n, n), blocks[:, None]): return None  # padding, a window, or a cache
+    offsets = torch.arange(longest, device=mask.device)
+    real = offsets[None] < lengths[:, None]
+    return torch.where(real, starts[:, None] + offsets[None], 0), real
+
+# %% ../nbs/02_train.ipynb #e0b96fba
+_PLAN: list = [None, None, None]  # the last mask and positions seen, and their plan: a forward pass's layers share it
+
+def _cached_plan(mask, position_ids):
+    if _PLAN[0] is not mask or _PLAN[1] is not position_ids: _PLAN[:] = [mask, position_ids, _packing_plan(mask, position_ids)]
+    return _PLAN[2]
+
+# %% ../nbs/02_train.ipynb #413bc401
+def _short_causal_attention(q, k, v, # (examples, heads, longest, head_dim); k and v may have fewer (grouped) heads
+                            scale: float | None = None, # score scale; None: 1/sqrt(head_dim)
+                           ) -> torch.Tensor:
+    "Causal attention as two batched matmuls, the query heads of each key/value head stacked: fastest for short rows on CPUs."
+    n, heads, m, d = q.shape
+    group = heads // k.shape[1]
+    q = (q * (scale if scale is not None else d ** -0.5)).reshape(n, k.shape[1], group * m, d)
+    causal = torch.ones(m, m, dtype=torch.bool, device=q.device).tril().repeat(group, 1)
+    scores = torch.where(causal, q @ k.transpose(-1, -2), float("-inf"))
+    return (torch.softmax(scores, -1, dtype=torch.float32).to(v.dtype) @ v).reshape(n, heads, m, d)
+
+# %% ../nbs/02_train.ipynb #21444696
+def packed_sdpa(module, # the attention layer calling (transformers' attention-function interface)
+                query, key, value, # (rows, heads, tokens, head_dim), after the rotary embedding
+                attention_mask, # the mask transformers built for the pass (block-diagonal for packed rows)
+                dropout: float = 0.0, # attention dropout while training
+                scaling: float | None = None, # score scale; None: 1/sqrt(head_dim)
+                **kwargs, # position_ids among them
+               ):
+    "Attention of packed rows computed on each example alone; any other call goes to transformers' SDPA unchanged."
+    plan = _cached_plan(attention_mask, kwargs.get("position_ids"))
+    if plan is None or query.shape[2] != key.shape[2]:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
+    index, real = plan
+    rows, heads, n, d = query.shape
+    gather = lambda t: t.transpose(0, 1).reshape(t.shape[1], rows * n, d)[:, index].transpose(0, 1)
+    q, k, v = gather(query), gather(key), gather(value)  # (examples, heads, longest, head_dim)
+    if q.device.type == "cpu" and index.shape[1] <= 256 and not dropout: out = _short_causal_attention(q, k, v, scaling)
+    else: out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True, scale=scaling,
+                                               enable_gqa=k.shape[1] != heads)
+    return out.transpose(1, 2)[real].view(rows, n, heads, d), None
+
+# %% ../nbs/02_train.ipynb #1b8ffa64
+AttentionInterface.register("packed_sdpa", packed_sdpa)
+AttentionMaskInterface.register("packed_sdpa", sdpa_mask)  # the same mask as SDPA: the plan checks it
 
 # %% ../nbs/02_train.ipynb #83d25531
 def packed_attention(model, # the model to train; its attention implementation may be switched
                      device: str = "cpu", # the device training runs on
                     ) -> str:
-    "Switch `model` to flash-attention 2 on CUDA when `flash-attn` is installed; returns the attention kernel it uses."
+    "Switch `model` to flash-attention 2 (CUDA, `flash-attn` installed) or to `packed_sdpa`; returns the kernel it uses."
     impl = model.config._attn_implementation or "eager"
     if device == "cuda" and impl != "flash_attention_2" and importlib.util.find_spec("flash_attn") is not None:
         model.set_attn_implementation("flash_attention_2"); impl = "flash_attention_2"
+    elif impl == "sdpa":
+        model.set_attn_implementation("packed_sdpa"); impl = "packed_sdpa"
     return impl
 
 # %% ../nbs/02_train.ipynb #9556636a
@@ -213,6 +296,18 @@ def _remove_checkpoints(out: Path, run_id: str) -> int:
             shutil.rmtree(c, ignore_errors=True)
     return freed
 
+# %% ../nbs/02_train.ipynb #0d78332c
+def _keep_newest(out: Path, run_id: str, limit: int):
+    "Delete all but the `limit` newest checkpoints of run `run_id` in `out`."
+    for c in [c for c in _checkpoints(out) if _run_id(c) == run_id][limit:]: shutil.rmtree(c, ignore_errors=True)
+
+# %% ../nbs/02_train.ipynb #8210c5e9
+class NoFinalCheckpoint(TrainerCallback):
+    "Cancel the Trainer's extra checkpoint at the last step unless the step is a multiple of `save_steps`."
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= state.max_steps and state.global_step % max(args.save_steps, 1):
+            control.should_save = False
+
 # %% ../nbs/02_train.ipynb #f883d544
 def _bf16_weights(cfg: TrainConfig, model, device: str, prec: str) -> bool:
     "Whether this run trains bf16 weights with float32 masters: bf16 precision, all weights trained, one plain model."
@@ -285,8 +380,9 @@ def finetune(model, # a causal LM, trained in place (full weights, or LoRA adapt
     ckpt, run_id = _start_run(cfg, model, cfg.resume if resume is None else resume)
     out, history = Path(cfg.output_dir), LivePlot(Path(cfg.output_dir) / "loss.png")
     best = BestWeights(cfg.early_stopping) if valid_ds is not None and cfg.eval_every and cfg.early_stopping else None
-    cbs = [history, EvalLog(), TrainingLog(out / "training_log.csv"), *([best] if best else []), *(callbacks or [])]
-    attention = packed_attention(model, device)
+    cbs = [history, EvalLog(), TrainingLog(out / "training_log.csv"), *([best] if best else []),
+           *([] if cfg.keep_checkpoints else [NoFinalCheckpoint()]), *(callbacks or [])]
+    kernel, attention = model.config._attn_implementation, packed_attention(model, device)
     opt = Bf16AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay) if bf16 else None
     if opt: model.to(torch.bfloat16)  # after the float32 master copies were taken
     trainer = AnswerLossTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=valid_ds,
@@ -296,6 +392,7 @@ def finetune(model, # a causal LM, trained in place (full weights, or LoRA adapt
     try: result = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
     finally:
         if opt: opt.to_float32(model)  # the caller gets a float32 model with the master weights, even after a failure
+        if attention != kernel: model.set_attn_implementation(kernel)  # and the attention kernel it came with
     seconds, t = time.perf_counter() - start, dict(trainer.timings)
     if ckpt: _restore_history(history, trainer.state.log_history, _step(ckpt))
     final = _final_metrics(trainer, best, valid_ds, result.global_step)

@@ -192,6 +192,25 @@ def test_checkpoints_removed_after_success_unless_kept(tiny_data, tmp_path):
     assert stats["checkpoint_bytes_freed"] == 0
 
 
+def test_a_default_run_saves_only_at_save_every(tiny_data, tmp_path):
+    "The Trainer's extra save at the last step (8, not a multiple of 3) is skipped when checkpoints are not kept."
+    train, _ = tiny_data
+    seen = _Saves()
+    _tiny_run(tmp_path / "default", train, None, [seen], save_every=3)
+    assert seen.saves == 2  # steps 3 and 6
+    kept = _Saves()
+    _tiny_run(tmp_path / "kept", train, None, [kept], save_every=3, keep_checkpoints=True)
+    assert kept.saves == 3  # 3, 6, and the last step when the checkpoints are kept
+
+
+def test_save_limit_counts_only_this_runs_checkpoints(tiny_data, tmp_path):
+    "An earlier run's kept checkpoints (6, 8) are neither counted nor deleted; this run keeps its own two newest."
+    train, _ = tiny_data
+    _tiny_run(tmp_path, train, keep_checkpoints=True)  # leaves 6 and 8 (save_limit 2)
+    _tiny_run(tmp_path, train, keep_checkpoints=True, epochs=1, save_every=1)  # 4 steps, a checkpoint at each
+    assert sorted(int(p.name.split("-")[1]) for p in tmp_path.glob("checkpoint-*")) == [3, 4, 6, 8]
+
+
 class _Crash(TrainerCallback):
     def __init__(self, at): self.at = at
     def on_step_end(self, args, state, control, **kw):
