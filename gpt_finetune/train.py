@@ -146,7 +146,8 @@ def _packing_plan(mask, # the 4-D boolean mask transformers built for this forwa
     longest = int(lengths.max())
     if len(starts) * longest ** 2 >= rows * n ** 2: return None  # padding to the longest costs more than the mask
     example = start.cumsum(0).view(rows, n)
-    blocks = (example[:, :, None] == example[:, None, :]) & torch.ones(n, n, dtype=torch.bool, device=mask.device).tril()
+    causal = torch.ones(n, n, dtype=torch.bool, device=mask.device).tril()
+    blocks = (example[:, :, None] == example[:, None, :]) & causal
     if not torch.equal(mask.expand(rows, 1, n, n), blocks[:, None]): return None  # padding, a window, or a cache
     offsets = torch.arange(longest, device=mask.device)
     real = offsets[None] < lengths[:, None]
@@ -156,14 +157,15 @@ def _packing_plan(mask, # the 4-D boolean mask transformers built for this forwa
 _PLAN: list = [None, None, None]  # the last mask and positions seen, and their plan: a forward pass's layers share it
 
 def _cached_plan(mask, position_ids):
-    if _PLAN[0] is not mask or _PLAN[1] is not position_ids: _PLAN[:] = [mask, position_ids, _packing_plan(mask, position_ids)]
+    if _PLAN[0] is not mask or _PLAN[1] is not position_ids:
+        _PLAN[:] = [mask, position_ids, _packing_plan(mask, position_ids)]
     return _PLAN[2]
 
 # %% ../nbs/02_train.ipynb #413bc401
 def _short_causal_attention(q, k, v, # (examples, heads, longest, head_dim); k and v may have fewer (grouped) heads
                             scale: float | None = None, # score scale; None: 1/sqrt(head_dim)
                            ) -> torch.Tensor:
-    "Causal attention as two batched matmuls, the query heads of each key/value head stacked: fastest for short rows on CPUs."
+    "Causal attention as two batched matmuls, each key/value head's query heads stacked: fast for short rows on CPUs."
     n, heads, m, d = q.shape
     group = heads // k.shape[1]
     q = (q * (scale if scale is not None else d ** -0.5)).reshape(n, k.shape[1], group * m, d)
@@ -201,7 +203,7 @@ AttentionMaskInterface.register("packed_sdpa", sdpa_mask)  # the same mask as SD
 def packed_attention(model, # the model to train; its attention implementation may be switched
                      device: str = "cpu", # the device training runs on
                     ) -> str:
-    "Switch `model` to flash-attention 2 (CUDA, `flash-attn` installed) or to `packed_sdpa`; returns the kernel it uses."
+    "Switch `model` to flash-attention 2 (CUDA with `flash-attn`) or to `packed_sdpa`; returns the kernel it uses."
     impl = model.config._attn_implementation or "eager"
     if device == "cuda" and impl != "flash_attention_2" and importlib.util.find_spec("flash_attn") is not None:
         model.set_attn_implementation("flash_attention_2"); impl = "flash_attention_2"

@@ -108,3 +108,12 @@ def test_imports_flow_one_way_along_the_lessons():
             used = next(u for u in used if u)
             if used in order and order[used] >= i and used != module: wrong.append(f"{module} imports {used}")
     assert not wrong, wrong
+
+
+def test_no_code_line_is_longer_than_120_characters():
+    "Notebook code cells, tests, tools and benchmarks stay readable on GitHub without scrolling."
+    files = [(p, "\n".join(_code(p))) for p in sorted((ROOT / "nbs").rglob("*.ipynb"))]
+    scripts = [p for d in ("tests", "tools", "benchmarks") for p in (ROOT / d).glob("*.py")]
+    files += [(p, p.read_text(encoding="utf-8")) for p in scripts]
+    long = [f"{p.relative_to(ROOT)}: {line[:60]}" for p, text in files for line in text.splitlines() if len(line) > 120]
+    assert not long, long
