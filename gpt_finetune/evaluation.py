@@ -14,7 +14,7 @@ from . import metrics as metrics_module
 from .curves import safe_exp
 from .data import DataError, PackedCollator, render_chat, tokenize_records
 from .generation import generate_texts
-from .train import packed_attention
+from .train import packed_rows
 
 # %% auto #0
 __all__ = ['SCORERS', 'load_metric', 'record_losses', 'answer_perplexity', 'record_prompt', 'references_of', 'score_answers',
@@ -55,9 +55,8 @@ def record_losses(model, # a causal LM
     ds, collate = tokenize_records(records, tokenizer, system), PackedCollator()
     if full_text: ds = ds.map(lambda row: {"labels": row["input_ids"]})
     model.eval()
-    kernel, out = model.config._attn_implementation, []
-    packed_attention(model, model.device.type)  # each record attends alone: a long row costs what its records cost
-    try:
+    out = []
+    with packed_rows(model, model.device.type):  # each record attends alone: a long row costs what its records cost
         for i in range(0, len(ds), batch_size):
             rows = [ds[j] for j in range(i, min(i + batch_size, len(ds)))]
             batch = {k: v.to(model.device) for k, v in collate(rows).items()}
@@ -65,8 +64,6 @@ def record_losses(model, # a causal LM
             sums = torch.zeros(len(rows), dtype=torch.float64).index_add_(0, owner.cpu(), losses.cpu().double())
             counts = torch.bincount(owner.cpu(), minlength=len(rows))
             out += [{"loss": s, "tokens": n} for s, n in zip(sums.tolist(), counts.tolist())]
-    finally:
-        if model.config._attn_implementation != kernel: model.set_attn_implementation(kernel)
     return out
 
 # %% ../nbs/03_evaluate.ipynb #41d692d2

@@ -50,8 +50,8 @@ def _param_chunks(params: list, # tensors, in order
     chunk, n = [], 0
     for p in params:
         whole = p.numel() <= most or not p.is_contiguous()  # only contiguous tensors have flat views to slice
-        for part in [None] if whole else [slice(a, a + most) for a in range(0, p.numel(), most)]:
-            size = p.numel() if part is None else len(range(p.numel())[part])
+        for part in [None] if whole else [slice(a, min(a + most, p.numel())) for a in range(0, p.numel(), most)]:
+            size = p.numel() if part is None else part.stop - part.start
             if chunk and n + size > most: yield chunk; chunk, n = [], 0
             chunk.append((p, part)); n += size
     if chunk: yield chunk

@@ -5,6 +5,7 @@
 # %% ../nbs/02_train.ipynb #f0ee06a3
 from __future__ import annotations
 import importlib.util, json, os, shutil, time, uuid, zipfile
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -22,8 +23,8 @@ from .speed import Bf16AdamW, auto_batch_size, tune_malloc
 
 # %% auto #0
 __all__ = ['RUN_ID_FILE', 'answer_logits', 'answer_loss_sum', 'fused_cross_entropy', 'AnswerLossTrainer', 'packed_sdpa',
-           'packed_attention', 'CheckpointError', 'find_checkpoint', 'check_fits', 'NoFinalCheckpoint', 'training_args',
-           'finetune']
+           'packed_attention', 'packed_rows', 'CheckpointError', 'find_checkpoint', 'check_fits', 'NoFinalCheckpoint',
+           'training_args', 'finetune']
 
 # %% ../nbs/02_train.ipynb #8ecd4354
 def answer_logits(model, # a causal LM
@@ -211,6 +212,17 @@ def packed_attention(model, # the model to train; its attention implementation m
         model.set_attn_implementation("packed_sdpa"); impl = "packed_sdpa"
     return impl
 
+# %% ../nbs/02_train.ipynb #eb2f1883
+@contextmanager
+def packed_rows(model, # a causal LM whose packed rows are computed inside the block
+                device: str = "cpu", # the device it runs on
+               ):
+    "Inside the block `model` uses `packed_attention`'s kernel (the name is yielded); afterwards its own again."
+    kernel = model.config._attn_implementation
+    try: yield packed_attention(model, device)
+    finally:
+        if model.config._attn_implementation != kernel: model.set_attn_implementation(kernel)
+
 # %% ../nbs/02_train.ipynb #9556636a
 class CheckpointError(ModelError):
     "A checkpoint that cannot be resumed from: missing, corrupt, or made for another model."
@@ -384,17 +396,16 @@ def finetune(model, # a causal LM, trained in place (full weights, or LoRA adapt
     best = BestWeights(cfg.early_stopping) if valid_ds is not None and cfg.eval_every and cfg.early_stopping else None
     cbs = [history, EvalLog(), TrainingLog(out / "training_log.csv"), *([best] if best else []),
            *([] if cfg.keep_checkpoints else [NoFinalCheckpoint()]), *(callbacks or [])]
-    kernel, attention = model.config._attn_implementation, packed_attention(model, device)
     opt = Bf16AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay) if bf16 else None
     if opt: model.to(torch.bfloat16)  # after the float32 master copies were taken
     trainer = AnswerLossTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=valid_ds,
                                 optimizers=(opt, None),
                                 data_collator=PackedCollator(), callbacks=cbs, run_id=run_id)
     start = time.perf_counter()
-    try: result = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
-    finally:
-        if opt: opt.to_float32(model)  # the caller gets a float32 model with the master weights, even after a failure
-        if attention != kernel: model.set_attn_implementation(kernel)  # and the attention kernel it came with
+    with packed_rows(model, device) as attention:  # the caller gets its attention kernel back, even after a failure
+        try: result = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
+        finally:
+            if opt: opt.to_float32(model)  # and a float32 model with the master weights
     seconds, t = time.perf_counter() - start, dict(trainer.timings)
     if ckpt: _restore_history(history, trainer.state.log_history, _step(ckpt))
     final = _final_metrics(trainer, best, valid_ds, result.global_step)
