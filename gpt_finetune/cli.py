@@ -4,35 +4,42 @@
 
 # %% ../nbs/05_cli.ipynb #53ed9ce8
 from __future__ import annotations
-import argparse, json, sys
+import argparse, json, signal, sys, threading
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 
 from . import __version__
-from .options import (DataOptions, CleanOptions, EvalOptions, ModelOptions, OutputOptions, RunConfig,
-                                  ServeConfig, SweepGrid, TrainConfig, option)
-from .job import (UsageError, baseline_evaluation, human_size, load_data, load_model_from, prepare_job,
-                              read_records, run_job, timed, tokenize_splits, write_jsonl)
+from .options import (SEED_MAX, Checked, DataOptions, CleanOptions, EvalOptions, ModelOptions, OptionError,
+                                  OutputOptions, RunConfig, ServeConfig, SweepGrid, TrainConfig, option, option_type,
+                                  parse_option, renames_problem)
+from .job import (UsageError, baseline_evaluation, claim_output, human_size, load_data, load_model_from,
+                              prepare_job, probe_answers, read_records, run_job, timed, tokenize_splits, will_write,
+                              write_jsonl, writing)
 
 # %% auto #0
-__all__ = ['PLACED', 'PREPARE_OPTIONS', 'SWEPT', 'COMMANDS', 'ChatConfig', 'ExportConfig', 'ServeCommand', 'SweepConfig',
-           'data_report_text', 'EvalConfig', 'load_eval_records', 'evaluate_job', 'config_from', 'config_args',
-           'chat_repl', 'build_parser', 'parse_args', 'main']
+__all__ = ['MAX_CONFIG_BYTES', 'PLACED', 'PREPARE_OPTIONS', 'SWEPT', 'COMMANDS', 'ChatConfig', 'ExportConfig', 'ServeCommand',
+           'SweepConfig', 'data_report_text', 'EvalConfig', 'load_eval_records', 'evaluate_job', 'OneLineParser',
+           'config_from', 'read_config', 'config_args', 'chat_repl', 'line_editing', 'build_parser', 'parse_args',
+           'main']
 
 # %% ../nbs/05_cli.ipynb #b65b9364
 @dataclass
-class ChatConfig:
+class ChatConfig(Checked):
     "What `gpt-finetune chat` and `generate` need: a model and how it answers."
     model: ModelOptions = field(default_factory=ModelOptions)
-    system: str | None = option(None, "system prompt (default: the chat template's own, if any)")
-    temperature: float = option(0.7, "0: greedy, the most likely token every time; higher: more varied answers")
-    top_p: float = option(0.9, "sample only from the most likely tokens whose probabilities add up to this")
-    max_tokens: int = option(256, "longest answer in tokens")
+    system: str | None = option(None, "system prompt (default: the chat template's own, if any)", empty_ok=True)
+    temperature: float = option(0.7, "0: greedy, the most likely token every time; higher: more varied answers",
+                                at_least=0, at_most=100)
+    top_p: float = option(0.9, "sample only from the most likely tokens whose probabilities add up to this",
+                          above=0, at_most=1)
+    max_tokens: int = option(256, "longest answer in tokens", at_least=1, at_most=1_048_576)
+    history: str | None = option(None, "a file that keeps the typed lines between chats (the up arrow recalls them)")
 
 # %% ../nbs/05_cli.ipynb #296d8194
 @dataclass
-class ExportConfig:
+class ExportConfig(Checked):
     "What `gpt-finetune export` needs: a saved Llama-family model folder and the GGUF file to write."
     model: str | None = option(None, "a saved model folder, e.g. outputs/run/model")
     out_file: str | None = option(None, "the .gguf file to write (default: MODEL-TYPE.gguf beside the model folder)")
@@ -84,19 +91,21 @@ def data_report_text(data: dict, # the summary from `tokenize_splits`
 
 # %% ../nbs/05_cli.ipynb #3dbbe077
 @dataclass
-class EvalConfig:
+class EvalConfig(Checked):
     "What `gpt-finetune evaluate` needs: a model, a test file and, to compare against, a baseline."
     model: ModelOptions = field(default_factory=ModelOptions)
     data: str | None = option(None, "test records in any format `run` reads, each optionally with an `accept` list")
-    fields: str | None = option(None, "rename fields before reading, e.g. question=input,answer=output")
+    fields: str | None = option(None, "rename fields before reading, e.g. question=input,answer=output",
+                                check=renames_problem)
     baseline: str | None = option(None, "a model to compare against: folder, .gguf file, Hub id, "
                                   "or 'default' (SmolLM2)")
     output_dir: str = option("outputs/eval", "where metrics.json, answers.jsonl, report.md and the plots go")
     eval: EvalOptions = field(default_factory=EvalOptions)
-    system: str | None = option(None, "system prompt for chat models (default: the template's own)")
+    system: str | None = option(None, "system prompt for chat models (default: the template's own)", empty_ok=True)
     full_text: bool = option(False, "also report the perplexity of prompt + answer")
-    n_resamples: int = option(1000, "bootstrap resamples for the confidence intervals")
-    seed: int = option(42, "seed of the bootstrap resampling")
+    n_resamples: int = option(1000, "bootstrap resamples for the confidence intervals", at_least=1,
+                              at_most=1_000_000)
+    seed: int = option(42, "seed of the bootstrap resampling", at_least=0, at_most=SEED_MAX)
 
 # %% ../nbs/05_cli.ipynb #9b43139b
 def load_eval_records(path: str | Path, # a test file in any format `run` reads
@@ -114,6 +123,22 @@ def load_eval_records(path: str | Path, # a test file in any format `run` reads
                      "dropped": dict(Counter(r["reason"] for r in rows if r["action"] == "dropped")),
                      "with_accept": sum(bool(r.get("accept")) for r in records)}
 
+# %% ../nbs/05_cli.ipynb #7abb3228
+def _write_evaluation(out: Path, cfg: EvalConfig, metrics: dict, records: list[dict], base_answers: list[dict],
+                      tuned_answers: list[dict], samples: dict | None, compared: bool):
+    "metrics.json, answers.jsonl (both models' answers side by side) and report.md, into a claimed folder."
+    from gpt_finetune.evaluation import references_of
+    from gpt_finetune.compare import write_report
+    from gpt_finetune.probe import probe_markdown
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    write_jsonl(out / "answers.jsonl", [
+        {"source": r.get("source"), "input": r["input"], "references": references_of(r), "finetuned": t["text"],
+         "finetuned_scores": t["scores"], **({"base": b["text"], "base_scores": b["scores"]} if b else {})}
+        for r, b, t in zip(records, base_answers, tuned_answers)])
+    write_report(out, metrics, samples, models={"base": cfg.baseline, "finetuned": cfg.model.name}
+                 if compared else {"model": cfg.model.name},
+                 sections=[probe_markdown(metrics["probe"])] if metrics.get("probe") else None)
+
 # %% ../nbs/05_cli.ipynb #5c56f0d4
 def evaluate_job(cfg: EvalConfig, # the model, test file, baseline and output folder
                  model=None, # a model already loaded; None: load `cfg.model`
@@ -121,14 +146,18 @@ def evaluate_job(cfg: EvalConfig, # the model, test file, baseline and output fo
                  baseline: tuple | None = None, # `(model, tokenizer)` to compare with; None: load `cfg.baseline` if set
                 ) -> dict:
     "Evaluate a model (and a baseline) on a test file; writes metrics.json, answers.jsonl and report.md."
-    from gpt_finetune.evaluation import evaluate_model, references_of
-    from gpt_finetune.compare import compare_models, sample_table, write_report
+    from gpt_finetune.evaluation import evaluate_model
+    from gpt_finetune.compare import compare_models, sample_table
+    from gpt_finetune.probe import compare_probe, load_probe
     records, data = load_eval_records(cfg.data, cfg.fields)
+    probe, out = load_probe(cfg.eval.probe), Path(cfg.output_dir)  # a bad probe file stops here
+    with writing(out): claim_output(out, resume=True, remove=False)  # so does a folder not ours, before a model loads
     if model is None: model, tokenizer = load_model_from(cfg.model)
     if baseline is None and cfg.baseline:
         baseline = load_model_from(ModelOptions(cfg.baseline, cfg.model.trust_remote_code, cfg.model.allow_pickle))
     opts = dict(max_new_tokens=cfg.eval.max_new_tokens, batch_size=cfg.eval.eval_batch_size, system=cfg.system,
-                progress=True, full_text=cfg.full_text)
+                progress=sys.stderr.isatty(), full_text=cfg.full_text)  # bars for a person watching, not for logs
+    popts = dict(batch_size=cfg.eval.eval_batch_size, system=cfg.system, progress=opts["progress"])
     clock = {}
     with timed(clock, "evaluation_s"): tuned, tuned_answers = evaluate_model(model, tokenizer, records, **opts)
     metrics, samples, base_answers = {"finetuned": tuned, "data": data, "timings": clock}, None, [{}] * len(records)
@@ -139,15 +168,30 @@ def evaluate_job(cfg: EvalConfig, # the model, test file, baseline and output fo
         comparison = compare_models(records, base_answers, tuned_answers, n_resamples=cfg.n_resamples, seed=cfg.seed)
         metrics = {"base": base, "finetuned": tuned, "data": data, "comparison": comparison, "timings": clock}
         samples = sample_table(records, base_answers, tuned_answers)
-    out = Path(cfg.output_dir); out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    write_jsonl(out / "answers.jsonl", [
-        {"source": r.get("source"), "input": r["input"], "references": references_of(r), "finetuned": t["text"],
-         "finetuned_scores": t["scores"], **({"base": b["text"], "base_scores": b["scores"]} if b else {})}
-        for r, b, t in zip(records, base_answers, tuned_answers)])
-    write_report(out, metrics, samples, models={"base": cfg.baseline, "finetuned": cfg.model.name}
-                 if baseline is not None else {"model": cfg.model.name})
+    if probe:
+        with timed(clock, "probe_s"):
+            base_p = probe_answers(*baseline, probe, cfg.eval.reuse_baseline, **popts) if baseline else None
+            metrics["probe"] = compare_probe(probe, base_p, probe_answers(model, tokenizer, probe, **popts),
+                                             seed=cfg.seed)
+    with writing(out):  # a folder not ours is refused; a full disk is one line
+        claim_output(out, resume=True)  # an earlier evaluation here is replaced file by file, nothing else
+        will_write(out, "metrics.json", "answers.jsonl", "report.md", "comparison.png")
+        _write_evaluation(out, cfg, metrics, records, base_answers, tuned_answers, samples, baseline is not None)
     return metrics
+
+# %% ../nbs/05_cli.ipynb #7adf8558
+class OneLineParser(argparse.ArgumentParser):
+    "An argument parser whose errors are one line on stderr (status 2), without the usage screen."
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+def _checked(f):
+    "An argparse `type` for field `f`: the typed text as the field's value, checked, or what the field expects."
+    def convert(text: str):
+        try: return parse_option(f, text)
+        except OptionError as e: raise argparse.ArgumentTypeError(str(e)) from None
+    convert.__name__ = f.name  # argparse names it in some messages
+    return convert
 
 # %% ../nbs/05_cli.ipynb #c575af5f
 def _add_options(parser: argparse.ArgumentParser, cfg, prefix: str = "", keep: tuple | None = None,
@@ -163,13 +207,14 @@ def _add_options(parser: argparse.ArgumentParser, cfg, prefix: str = "", keep: t
             hidden += [dest, f.name]; continue
         flag, hint = meta.get("flag") or "--" + f.name.replace("_", "-"), meta.get("help", "").replace("%", "%%")
         if f.type == "bool":  # BooleanOptionalAction adds --no-FLAG and shows the default itself
-            parser.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=value, help=hint)
-            continue
-        kind = int if f.type.startswith("int") else float if f.type.startswith("float") else str
-        shown = "" if value is None or "default" in hint else " (default: %(default)s)"
-        parser.add_argument(flag, dest=dest, type=kind, default=value, choices=meta.get("choices"),
-                            required=dest in required, help=hint + shown,
-                            metavar=None if meta.get("choices") else {int: "N", float: "X", str: "TEXT"}[kind])
+            act = parser.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=value, help=hint)
+        else:
+            kind = int if f.type.startswith("int") else float if f.type.startswith("float") else str
+            shown = "" if value is None or "default" in hint else " (default: %(default)s)"
+            metavar = None if meta.get("choices") else {int: "N", float: "X", str: "TEXT"}[kind]
+            act = parser.add_argument(flag, dest=dest, type=_checked(f), default=value, choices=meta.get("choices"),
+                                      required=dest in required, help=hint + shown, metavar=metavar)
+        act.field = f  # config files check their values with it
     return hidden
 
 # %% ../nbs/05_cli.ipynb #94236b6a
@@ -183,6 +228,38 @@ def config_from(cfg, # a dataclass instance: the defaults
                         if is_dataclass(getattr(cfg, f.name)) else values.get(prefix + f.name, getattr(cfg, f.name))
                         for f in fields(cfg)})
 
+# %% ../nbs/05_cli.ipynb #a0de7461
+MAX_CONFIG_BYTES = 1 << 20  # the largest config file read: a page of options is a few kilobytes
+
+def _no_alias_loader():
+    "A safe YAML loader class that refuses anchors and aliases (`&a`, `*a`) before composing them."
+    import yaml
+    class NoAliases(yaml.SafeLoader):
+        def compose_node(self, parent, index):
+            event = self.peek_event()
+            if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+                raise yaml.YAMLError(f"line {event.start_mark.line + 1}: YAML anchors and aliases (&name, *name) "
+                                     "are not allowed in config files")
+            return super().compose_node(parent, index)
+    return NoAliases
+
+# %% ../nbs/05_cli.ipynb #83e8ce9e
+def read_config(path: str | Path, # a YAML or JSON file of options
+               ) -> dict:
+    "The options in a config file, read within `MAX_CONFIG_BYTES` and without aliases; raises `UsageError`."
+    import yaml
+    try:
+        with open(path, "rb") as f: data = f.read(MAX_CONFIG_BYTES + 1)  # bounded: /dev/zero is a file too
+        if len(data) > MAX_CONFIG_BYTES:
+            raise UsageError(f"{path}: larger than {MAX_CONFIG_BYTES:,} bytes; a config file holds a page of options")
+        values = yaml.load(data.decode("utf-8-sig"), Loader=_no_alias_loader())  # YAML reads JSON too
+    except RecursionError: raise UsageError(f"{path}: cannot read the config file (nested too deeply)") from None
+    except (OSError, UnicodeError, yaml.YAMLError) as e:
+        why = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise UsageError(f"{path}: cannot read the config file ({why})") from None
+    if not isinstance(values, dict): raise UsageError(f"{path}: expected a mapping of option names to values")
+    return values
+
 # %% ../nbs/05_cli.ipynb #a699784b
 def _flat(values: dict, prefix: str = "") -> dict:
     "Nested sections to dotted keys: {'train': {'epochs': 1}} -> {'train.epochs': 1}."
@@ -192,28 +269,60 @@ def _flat(values: dict, prefix: str = "") -> dict:
         else: out[prefix + str(k)] = v
     return out
 
+def _as_text(value, kind: type) -> str:
+    "A config file's value as the text a flag would take (YAML reads an unquoted `on` as true)."
+    if isinstance(value, (list, tuple, set)): raise OptionError("must be one value, got a list")
+    if isinstance(value, bool): return ("on" if value else "off") if kind is str else str(value).lower()
+    return str(value)
+
 # %% ../nbs/05_cli.ipynb #094bc038
 def config_args(path: str | Path, # a YAML or JSON file of options
                 parser: argparse.ArgumentParser, # the subcommand's parser, which the options must fit
                ) -> list[str]:
-    "The options in a config file as command-line arguments, so that flags typed after them win."
-    import yaml
-    try: values = yaml.safe_load(Path(path).read_text(encoding="utf-8"))  # YAML reads JSON too
-    except (OSError, UnicodeError, yaml.YAMLError) as e:
-        parser.error(f"{path}: cannot read the config file ({(str(e).strip().splitlines() or [type(e).__name__])[0]})")
-    if not isinstance(values, dict): parser.error(f"{path}: expected a mapping of option names to values")
+    "The options in a config file as command-line arguments, each value checked, so that flags typed after win."
+    try: values = _flat(read_config(path))
+    except UsageError as e: parser.error(str(e))
     acts = [a for a in parser._actions if a.option_strings and a.dest not in ("help", "config")]
     names = {k: a for a in acts for k in (a.dest.split(".")[-1], a.option_strings[0][2:].replace("-", "_"))}
     names.update({a.dest: a for a in acts})  # a full name wins over a short one
     argv = []
-    for key, value in _flat(values).items():
+    for key, value in values.items():
         a = names.get(key.replace("-", "_"))
         if a is None and key in parser.hidden: continue  # a field this command does not use, e.g. from a run's config
         if a is None: parser.error(f"{path}: unknown option {key!r}")
         if value is None: continue
+        try: value = parse_option(a.field, _as_text(value, option_type(a.field)))
+        except OptionError as e: parser.error(f"{path}: {key}: {e}")
         if isinstance(a, argparse.BooleanOptionalAction): argv.append(a.option_strings[0 if value else 1])
-        else: argv += [a.option_strings[0], str(value)]
+        else: argv.append(f"{a.option_strings[0]}={value}")  # `=`: a value may start with '-'
     return argv
+
+# %% ../nbs/05_cli.ipynb #032b6dd3
+@contextmanager
+def _interruptible(every: float = 0.1): # seconds between checks for a pending Ctrl-C
+    "Wake a blocking read in the main thread every `every` s, so a Ctrl-C that arrived just before it is seen."
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
+        yield; return  # signals reach only the main thread; Windows has no timers (nor this race's read)
+    old = signal.signal(signal.SIGALRM, lambda *_: None)  # the handler does nothing: the interrupted read is the point
+    signal.setitimer(signal.ITIMER_REAL, every, every)
+    try: yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+# %% ../nbs/05_cli.ipynb #229d6a04
+def _answer(model, tokenizer, messages: list[dict], cfg: ChatConfig, out) -> str:
+    "Stream one answer to `out`; Ctrl-C stops it early. Returns the text so far."
+    from gpt_finetune.deploy import chat
+    reply = []
+    try:
+        out.write("model> ")
+        for piece in chat(model, tokenizer, messages, max_new_tokens=cfg.max_tokens, temperature=cfg.temperature,
+                          top_p=cfg.top_p, stream_text=True):
+            out.write(piece); out.flush(); reply.append(piece)
+    except KeyboardInterrupt: out.write(" [stopped]")
+    out.write("\n")
+    return "".join(reply).strip()
 
 # %% ../nbs/05_cli.ipynb #ed62e61e
 def chat_repl(model, # a causal LM, e.g. from `load_for_inference`
@@ -223,29 +332,46 @@ def chat_repl(model, # a causal LM, e.g. from `load_for_inference`
               out=None, # a text stream the answers are written to; default: stdout
              ) -> list[dict]:
     "Chat in the terminal with answers streamed as they are generated; returns the conversation."
-    from gpt_finetune.deploy import chat
     out, start = out or sys.stdout, [{"role": "system", "content": cfg.system}] if cfg.system else []
     messages = list(start)
-    while True:
-        try: line = read("you> ").strip()
-        except (EOFError, KeyboardInterrupt): out.write("\n"); return messages
-        if line == "/exit": return messages
-        if line == "/reset": messages = list(start); out.write("(a new conversation)\n"); continue
-        if line.startswith("/") or not line:
-            if line: out.write("commands: /reset starts over, /exit leaves\n")
-            continue
-        messages.append({"role": "user", "content": line})
-        out.write("model> "); reply = []
-        try:
-            for piece in chat(model, tokenizer, messages, max_new_tokens=cfg.max_tokens, temperature=cfg.temperature,
-                              top_p=cfg.top_p, stream_text=True):
-                out.write(piece); out.flush(); reply.append(piece)
-        except KeyboardInterrupt: out.write(" [stopped]")
-        out.write("\n"); messages.append({"role": "assistant", "content": "".join(reply).strip()})
+    try:  # Ctrl-C anywhere but inside an answer leaves
+        while True:
+            try:
+                with _interruptible(): line = read("you> ").strip()
+            except EOFError: out.write("\n"); return messages
+            if line == "/exit": return messages
+            if line == "/reset": messages = list(start); out.write("(a new conversation)\n"); continue
+            if line.startswith("/") or not line:
+                if line: out.write("commands: /reset starts over, /exit leaves\n")
+                continue
+            messages.append({"role": "user", "content": line})
+            messages.append({"role": "assistant", "content": _answer(model, tokenizer, messages, cfg, out)})
+    except KeyboardInterrupt:
+        out.write("\n"); return messages
+
+# %% ../nbs/05_cli.ipynb #37592a57
+def line_editing(history: str | None = None, # a file to load earlier lines from and save this chat's to
+                ):
+    "Give `input()` line editing and history (readline); returns a function that saves the history file."
+    try: import readline
+    except ImportError: return lambda: None  # Windows: plain input(), no history
+    if not history: return lambda: None
+    path = Path(history).expanduser()
+    if not path.parent.is_dir(): raise UsageError(f"{history}: no such folder for the history file")
+    try: readline.read_history_file(path)
+    except FileNotFoundError: pass  # the first chat creates it
+    except OSError as e: raise UsageError(f"{history}: cannot read the history file ({e.strerror or e})") from None
+    readline.set_history_length(1000)
+    def save():
+        try: readline.write_history_file(path)
+        except OSError as e: print(f"gpt-finetune: warning: {history}: history not saved ({e.strerror})",
+                                   file=sys.stderr)
+    return save
 
 # %% ../nbs/05_cli.ipynb #cac54979
 def _run(cfg: RunConfig) -> int:
     from gpt_finetune.compare import metrics_table
+    from gpt_finetune.probe import probe_summary
     metrics = run_job(cfg)
     if not metrics: return 0  # not the main process: it trained, the main process reports
     print(metrics_table(metrics, style="text"))
@@ -255,7 +381,9 @@ def _run(cfg: RunConfig) -> int:
           + (" (cached answers)" if clock["base_reused"] else "")
           + f", training {clock['training_s']:.0f} s (of which evaluations "
           f"{clock['training_evaluations_s'] or 0:.0f} s, checkpoints {clock['training_checkpoints_s'] or 0:.0f} s), "
-          f"final evaluation {clock['final_evaluation_s']:.0f} s, saving {clock['saving_s']:.0f} s")
+          f"final evaluation {clock['final_evaluation_s']:.0f} s"
+          + (f", probe {clock['probe_s']:.0f} s" if "probe_s" in clock else "") + f", saving {clock['saving_s']:.0f} s")
+    if metrics.get("probe"): print(probe_summary(metrics["probe"]))
     freed = disk["checkpoint_bytes_removed"]
     print(f"disk: {human_size(disk['output_bytes'])} in {cfg.output.output_dir}/ "
           f"(model {human_size(disk['model_bytes'])})"
@@ -270,7 +398,10 @@ def _prepare(cfg: RunConfig) -> int:
 
 def _evaluate(cfg: EvalConfig) -> int:
     from gpt_finetune.compare import metrics_table
-    print(metrics_table(evaluate_job(cfg), style="text"))
+    from gpt_finetune.probe import probe_summary
+    metrics = evaluate_job(cfg)
+    print(metrics_table(metrics, style="text"))
+    if metrics.get("probe"): print(probe_summary(metrics["probe"]))
     print(f"report: {cfg.output_dir}/report.md")
     return 0
 
@@ -288,9 +419,11 @@ def _generate(cfg: ChatConfig, question: list[str]) -> int:
     return 0
 
 def _chat(cfg: ChatConfig) -> int:
+    save_history = line_editing(cfg.history)  # before loading the model: a bad history path fails at once
     model, tok = _loaded_for_chat(cfg.model)
     print(f"chatting with {cfg.model.name}: /reset starts over, /exit or Ctrl-D leaves", file=sys.stderr)
-    chat_repl(model, tok, cfg)
+    try: chat_repl(model, tok, cfg)
+    finally: save_history()
     return 0
 
 # %% ../nbs/05_cli.ipynb #37109714
@@ -312,16 +445,20 @@ def _export(cfg: ExportConfig) -> int:
 # %% ../nbs/05_cli.ipynb #d262537c
 def _sweep(cfg: SweepConfig) -> int:
     from gpt_finetune.data import DataError
-    from gpt_finetune.scale import plot_sweep, sweep, sweep_runs, sweep_table
+    from gpt_finetune.scale import plot_sweep, run_name, sweep, sweep_runs, sweep_table
     run = RunConfig(cfg.data, cfg.clean, cfg.model, cfg.train, output=cfg.output)
     splits, dropped, data = load_data(run)
+    runs, out = sweep_runs(cfg.grid, cfg.train.seed), Path(cfg.output.output_dir)
+    with writing(out): claim_output(out, resume=True)  # an earlier sweep here goes on; a folder not ours is refused
     model, tok = load_model_from(cfg.model)
     splits, dss, dropped, data = tokenize_splits(run, splits, dropped, data, tok)
     if not len(dss["validation"]): raise DataError(f"{data['source']}: no validation records to rank the runs by")
-    fresh, out = [model], Path(cfg.output.output_dir)  # the first run trains the model already loaded
-    results = sweep(lambda: fresh.pop() if fresh else load_model_from(cfg.model)[0], tok, dss["train"],
-                    dss["validation"], cfg.train, sweep_runs(cfg.grid, cfg.train.seed), out)
-    (out / "sweep.md").write_text(sweep_table(results) + "\n"); plot_sweep(results, out / "sweep.png")
+    fresh = [model]  # the first run trains the model already loaded
+    with writing(out):
+        will_write(out, *(run_name(r) for r in runs), "sweep.md", "sweep.png")
+        results = sweep(lambda: fresh.pop() if fresh else load_model_from(cfg.model)[0], tok, dss["train"],
+                        dss["validation"], cfg.train, runs, out)
+        (out / "sweep.md").write_text(sweep_table(results) + "\n"); plot_sweep(results, out / "sweep.png")
     print(sweep_table(results))
     print(f"best: {results[0]['name']}; table {out}/sweep.md, plot {out}/sweep.png, one folder per run in {out}/")
     return 0
@@ -340,7 +477,8 @@ COMMANDS = {  # name: (help, config, command, parser options)
                 {"keep": PREPARE_OPTIONS}),
     "evaluate": ("score a model on a test file, optionally against a baseline, and write a report", EvalConfig,
                  _evaluate, {"required": _MODEL + ("data",)}),
-    "generate": ("answer one question with a saved model", ChatConfig, _generate, {"required": _MODEL}),
+    "generate": ("answer one question with a saved model", ChatConfig, _generate,
+                 {"required": _MODEL, "skip": ("history",)}),
     "chat": ("chat with a saved model in the terminal, answers streamed", ChatConfig, _chat, {"required": _MODEL}),
     "serve": ("serve a saved model with an OpenAI-compatible HTTP API (key: $GPT_FINETUNE_API_KEY)", ServeCommand,
               _serve, {"required": _MODEL, "skip": ("serve.api_key",)}),
@@ -353,7 +491,7 @@ COMMANDS = {  # name: (help, config, command, parser options)
 # %% ../nbs/05_cli.ipynb #8eb617a5
 def build_parser() -> argparse.ArgumentParser:
     "The `gpt-finetune` argument parser: one subcommand per job, its options from the job's config dataclass."
-    p = argparse.ArgumentParser(prog="gpt-finetune", description="Fine-tune, evaluate, chat with, serve and export "
+    p = OneLineParser(prog="gpt-finetune", description="Fine-tune, evaluate, chat with, serve and export "
                                 "a GPT-style model.")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub, p.commands = p.add_subparsers(dest="command", required=True, metavar="COMMAND"), {}
@@ -371,7 +509,7 @@ def parse_args(argv: list[str], # the arguments after the program name
               ) -> argparse.Namespace:
     "Parse `argv`; a `--config` file's options go before the typed ones, so typed flags win."
     parser = parser or build_parser()
-    pre = argparse.ArgumentParser(add_help=False)
+    pre = OneLineParser(add_help=False)
     pre.add_argument("--config")
     found, rest = pre.parse_known_args(argv)  # the file first: it may hold required options such as --model
     command = next((a for a in rest if a in parser.commands), None)
@@ -383,7 +521,7 @@ def parse_args(argv: list[str], # the arguments after the program name
 # %% ../nbs/05_cli.ipynb #7050d23f
 def _user_errors() -> tuple:
     "The exception classes that mean bad input rather than a bug, from the modules a command has imported."
-    found = [UsageError]
+    found = [UsageError, OptionError]
     for module, name in (("data", "DataError"), ("model", "ModelError")):
         if f"gpt_finetune.{module}" in sys.modules: found.append(getattr(sys.modules[f"gpt_finetune.{module}"], name))
     return tuple(found)

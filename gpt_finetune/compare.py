@@ -16,8 +16,9 @@ from .metrics import METRICS
 from .curves import LossHistory
 
 # %% auto #0
-__all__ = ['paired_bootstrap', 'mean_of', 'statistic', 'record_stats', 'compare_models', 'metrics_table', 'plot_comparison',
-           'sample_table', 'samples_markdown', 'overfitting_report', 'plot_overfitting', 'write_report']
+__all__ = ['VERDICT_COLOURS', 'BASE_COLOUR', 'PANELS', 'paired_bootstrap', 'mean_of', 'statistic', 'record_stats',
+           'compare_models', 'metrics_table', 'plot_comparison', 'sample_table', 'samples_markdown',
+           'overfitting_report', 'plot_overfitting', 'write_report']
 
 # %% ../nbs/03a_compare.ipynb #cb1a026a
 def paired_bootstrap(base: np.ndarray, # per-record statistics of the base model, shape (records, k)
@@ -138,30 +139,77 @@ def metrics_table(metrics: dict, # `finetuned` metrics, optionally `base` and `c
     line = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
     return "\n".join(map(line, rows))
 
+# %% ../nbs/03a_compare.ipynb #acdb23c6
+VERDICT_COLOURS = {"better": "#2e7d32", "worse": "#c62828", "no clear difference": "#9e9e9e",
+                   "higher": "#1565c0", "lower": "#1565c0"}  # higher/lower: a change where neither is better
+BASE_COLOUR = "#cfd8dc"
+PANELS = {"eval_loss": ("Answer loss", "loss per answer token (nats)"),  # title and axis label of each panel
+          "mean_answer_tokens": ("Answer length", "tokens per answer")}
+
 # %% ../nbs/03a_compare.ipynb #2d02c8aa
 def _err(rows: list[dict], side: str) -> np.ndarray:
     v = np.array([r[side] for r in rows], float); ci = np.array([r[f"{side}_ci"] for r in rows], float)
     return np.abs(np.stack([v - ci[:, 0], ci[:, 1] - v]))
 
+# %% ../nbs/03a_compare.ipynb #236696eb
+def _pair_bars(ax, rows: list[dict], labels: list[str]):
+    "Base and fine-tuned bars side by side per row, with 95 % error bars; the fine-tuned bar coloured by verdict."
+    x = np.arange(len(rows))
+    ax.bar(x - 0.2, [r["base"] for r in rows], 0.4, yerr=_err(rows, "base"), capsize=3, color=BASE_COLOUR,
+           edgecolor="#78909c")
+    ax.bar(x + 0.2, [r["finetuned"] for r in rows], 0.4, yerr=_err(rows, "finetuned"), capsize=3,
+           color=[VERDICT_COLOURS[r["verdict"]] for r in rows])
+    ax.set_xticks(x, labels)
+
+# %% ../nbs/03a_compare.ipynb #e7d1b56a
+def _diff_bars(ax, rows: list[dict], labels: list[str]):
+    "Horizontal bars of fine-tuned minus base with their 95 % intervals, coloured by verdict."
+    d = np.array([r["diff"] for r in rows], float); ci = np.array([r["diff_ci"] for r in rows], float)
+    ax.barh(labels, d, xerr=np.abs(np.stack([d - ci[:, 0], ci[:, 1] - d])), capsize=3,
+            color=[VERDICT_COLOURS[r["verdict"]] for r in rows])
+    ax.axvline(0, color="k", lw=0.8); ax.invert_yaxis()
+
+# %% ../nbs/03a_compare.ipynb #e73ea0df
+def _kept_bar(ax, probe: dict):
+    "The share of the base model's right probe answers that the fine-tuned model kept, with its Wilson interval."
+    rate, (lo, hi) = probe["kept_rate"], probe["kept_ci"]
+    ax.bar([0], [rate], 0.5, yerr=[[max(rate - lo, 0)], [max(hi - rate, 0)]], capsize=4,
+           color=VERDICT_COLOURS[probe["accuracy"]["verdict"]])  # red when the probe's accuracy fell beyond doubt
+    ax.text(0, lo / 2, f"{probe['kept']} of\n{probe['base_right']}", ha="center", va="center", color="white")
+    ax.set(xticks=[0], xticklabels=[f"kept {100 * rate:.1f} %"], ylim=(0, 1.05), xlim=(-0.8, 0.8),
+           ylabel="share of base model's right answers", title="General knowledge kept\n(Wilson 95 % interval)")
+
 # %% ../nbs/03a_compare.ipynb #a4797e15
 def plot_comparison(comparison: dict, # from `compare_models`
                     path: str | Path | None = None, # the PNG to write; None: not saved
+                    probe: dict | None = None, # from `probe.compare_probe`: adds its accuracy and the kept rate
                    ):
-    "Bars of both models' bounded scores and of the differences, with 95 % error bars; saved to `path` if given."
+    "Scores apart from losses and lengths, each with 95 % error bars and coloured by verdict; saved to `path` if given."
     import matplotlib.pyplot as plt  # no backend switch: a notebook keeps showing figures inline
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.8))
-    keys = [k for k in comparison if METRICS[k].bounds == (0.0, 1.0)]
-    rows = [comparison[k] for k in keys]; x = np.arange(len(keys))
-    for dx, side, label in ((-0.2, "base", "base"), (0.2, "finetuned", "fine-tuned")):
-        ax1.bar(x + dx, [r[side] for r in rows], 0.4, yerr=_err(rows, side), capsize=3, label=label)
-    ax1.set(xticks=x, xticklabels=keys, ylim=(0, 1.05), title="Scores (95 % bootstrap intervals)"); ax1.legend()
-    ax1.tick_params(axis="x", rotation=20)
-    keys = [k for k in comparison if METRICS[k].better and METRICS[k].aggregate != "exp_token_mean"]
-    rows = [comparison[k] for k in keys]
-    ci = np.array([r["diff_ci"] for r in rows], float); d = np.array([r["diff"] for r in rows], float)
-    ax2.barh(keys, d, xerr=np.abs(np.stack([d - ci[:, 0], ci[:, 1] - d])), capsize=3, color="C2")
-    ax2.axvline(0, color="k", lw=0.8); ax2.invert_yaxis(); ax2.set(title="Fine-tuned − base (95 % interval)")
-    fig.tight_layout()
+    from matplotlib.patches import Patch
+    scores = {k: r for k, r in comparison.items() if METRICS[k].bounds == (0.0, 1.0)}
+    if probe and "accuracy" in probe: scores["probe accuracy"] = probe["accuracy"]
+    others = [k for k in comparison if METRICS[k].bounds != (0.0, 1.0) and METRICS[k].aggregate != "exp_token_mean"]
+    kept = bool(probe and probe.get("kept_rate") is not None)
+    fig = plt.figure(figsize=(12, 7.5)); grid = fig.add_gridspec(2, 6, height_ratios=(1, 0.9))
+    ax = fig.add_subplot(grid[0, :3]); _pair_bars(ax, list(scores.values()), list(scores))
+    ax.set(ylim=(0, 1.05), ylabel="score (0 to 1, higher is better)", title="Scores of both models")
+    ax.tick_params(axis="x", rotation=25)
+    ax = fig.add_subplot(grid[0, 3:]); _diff_bars(ax, list(scores.values()), list(scores))
+    ax.set(xlabel="fine-tuned − base (score points)", title="Change in each score")
+    width = 6 // (len(others) + kept or 1)
+    for i, key in enumerate(others):
+        ax = fig.add_subplot(grid[1, i * width:(i + 1) * width]); _pair_bars(ax, [comparison[key]], [""])
+        (name, unit), better = PANELS.get(key, (key, key)), METRICS[key].better
+        ax.set(ylabel=unit, xticks=[-0.2, 0.2], xticklabels=["base", "fine-tuned"], xlim=(-0.8, 0.8),
+               title=f"{name}: {comparison[key]['verdict']}" + (f"\n({better} is better)" if better else ""))
+    if kept: _kept_bar(fig.add_subplot(grid[1, len(others) * width:]), probe)
+    names = ["base", "fine-tuned: better", "fine-tuned: worse", "fine-tuned: no clear difference",
+             "fine-tuned: changed (neither is better)"]
+    colours = [BASE_COLOUR, *[VERDICT_COLOURS[v] for v in ("better", "worse", "no clear difference", "higher")]]
+    fig.legend([Patch(color=c) for c in colours], names, loc="lower center", ncol=5, frameon=False)
+    fig.suptitle("Base vs fine-tuned on the same test questions (bars: 95 % paired-bootstrap intervals)")
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
     if path is not None: fig.savefig(path, dpi=100); plt.close(fig)
     return fig
 
@@ -219,20 +267,25 @@ def overfitting_report(history: LossHistory, # `.train` and `.valid`: lists of (
             "overfitting": last > best * (1 + tolerance)}
 
 # %% ../nbs/03a_compare.ipynb #82120833
-def plot_overfitting(history: LossHistory, # `.train` and `.valid`: lists of (step, loss)
+def plot_overfitting(history: LossHistory, # `.train` and `.valid`: lists of (step, loss); `.kept_step` if known
                      path: str | Path | None = None, # the PNG to write; None: not saved
+                     kept_step: int | None = None, # the step whose weights the run kept; None: `history.kept_step`
                     ):
-    "Training and validation loss with the gap shaded and the best validation step marked; saved to `path` if given."
+    "Train and validation loss, the gap shaded, the best validation step and the kept weights marked; saved if asked."
     import matplotlib.pyplot as plt  # no backend switch: a notebook keeps showing figures inline
     fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    kept = kept_step if kept_step is not None else getattr(history, "kept_step", None)
+    best = overfitting_report(history)["best_step"]
     if history.train: ax.plot(*zip(*history.train), label="train loss")
     if history.valid:
         steps, valid = map(np.array, zip(*history.valid))
         ax.plot(steps, valid, "o-", label="validation loss")
         if history.train:
             ax.fill_between(steps, np.interp(steps, *map(np.array, zip(*history.train))), valid, alpha=0.2, label="gap")
-        best = overfitting_report(history)["best_step"]
-        ax.axvline(best, color="k", ls="--", lw=0.8, label=f"best step ({best})")
+        ax.axvline(best, color="k", ls="--", lw=0.8, label=f"lowest validation loss (step {best})"
+                   + (": weights kept" if kept == best else ""))
+    if kept is not None and kept != best:
+        ax.axvline(kept, color="C2", lw=1.2, label=f"weights kept (step {kept})")
     ax.set(xlabel="step", ylabel="loss (answer tokens)", title="Overfitting view"); ax.legend()
     fig.tight_layout()
     if path is not None: fig.savefig(path, dpi=100); plt.close(fig)
@@ -247,24 +300,27 @@ def _unscored_markdown(metrics: dict) -> list[str]:
 
 # %% ../nbs/03a_compare.ipynb #cecda303
 def write_report(out_dir: str | Path, # the folder for report.md and its plots (created if missing)
-                 metrics: dict, # `base`/`finetuned` metrics, `data`, and optionally `comparison`
+                 metrics: dict, # `base`/`finetuned` metrics, `data`, optionally `comparison` and `probe`
                  samples: dict | None = None, # from `sample_table`
                  history: LossHistory | None = None, # training history, for the overfitting view
                  models: dict | None = None, # names shown for "base" and "finetuned"
                  title: str = "Evaluation report", # the report's heading
+                 sections: list[str] | None = None, # more Markdown after the metrics, e.g. `probe.probe_markdown(...)`
                 ) -> Path:
     "Write `report.md` with its plots into `out_dir`; returns its path."
-    out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
+    out, probe = Path(out_dir), metrics.get("probe")
+    out.mkdir(parents=True, exist_ok=True)
     parts = [f"# {title}", ""] + [f"- {side}: `{name}`" for side, name in (models or {}).items()]
     if metrics.get("data"): parts += ["", "Data: `" + json.dumps(metrics["data"], default=str) + "`", ""]
     if "comparison" in metrics:
-        plot_comparison(metrics["comparison"], out / "comparison.png")
+        plot_comparison(metrics["comparison"], out / "comparison.png", probe)
         parts += ["## Base vs fine-tuned", "",
                   "Differences are fine-tuned minus base; the intervals come from a paired bootstrap "
                   "over the test records (1,000 resamples). *better*/*worse* only where the interval excludes zero.",
                   "",
                   metrics_table(metrics), "", "![metrics with 95 % intervals](comparison.png)", ""]
     else: parts += ["## Metrics", "", metrics_table(metrics), ""]
+    parts += list(sections or [])
     parts += _unscored_markdown(metrics)
     if samples: parts += ["## Where the models differ most", "", samples_markdown(samples)]
     if history is not None and history.valid:

@@ -19,7 +19,9 @@ __all__ = ['LossHistory', 'safe_exp', 'plot_losses', 'EvalLog', 'LivePlot', 'Tra
 # %% ../nbs/01b_curves.ipynb #6c81634e
 class LossHistory(TrainerCallback):
     "Collects `(step, loss)` for training and validation losses as the Trainer logs them."
-    def __init__(self): self.train, self.valid, self.accuracy = [], [], []
+    def __init__(self):
+        self.train, self.valid, self.accuracy = [], [], []
+        self.kept_step = None  # the step whose weights the run kept, once known (early stopping's best step)
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs: return
         if "loss" in logs: self.train.append((state.global_step, logs["loss"]))
@@ -36,14 +38,19 @@ def safe_exp(x: float, # the exponent, e.g. a mean loss in nats
 # %% ../nbs/01b_curves.ipynb #462bee7e
 def plot_losses(history: LossHistory, # losses collected during training
                 path: str | Path | None = None, # the PNG to write; None: not saved
+                kept_step: int | None = None, # the step whose weights were kept; None: `history.kept_step`
                ):
-    "Training and validation loss, and validation perplexity, over steps; saved to `path` if given."
+    "Training and validation loss, and validation perplexity, over steps, the kept step marked; saved if `path`."
     import matplotlib.pyplot as plt  # no backend switch: a notebook keeps showing figures inline
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.5))
+    kept = kept_step if kept_step is not None else getattr(history, "kept_step", None)
     if history.train: ax1.plot(*zip(*history.train), label="train loss")
     if history.valid: ax1.plot(*zip(*history.valid), "o-", label="validation loss")
-    ax1.set(xlabel="step", ylabel="loss (answer tokens)", title="Loss"); ax1.legend()
     if history.valid: ax2.plot([s for s, _ in history.valid], [safe_exp(l) for _, l in history.valid], "o-", color="C1")
+    for ax in (ax1, ax2) if kept is not None else ():
+        ax.axvline(kept, color="k", ls="--", lw=0.8, label=f"weights kept (step {kept})")
+    ax1.set(xlabel="step", ylabel="loss (answer tokens)", title="Loss")
+    if ax1.get_legend_handles_labels()[0]: ax1.legend()  # nothing to name before the first logged loss
     ax2.set(xlabel="step", ylabel="perplexity", title="Validation perplexity")
     fig.tight_layout()
     if path is not None: fig.savefig(path, dpi=100); plt.close(fig)
@@ -70,12 +77,13 @@ def _in_notebook() -> bool:
 # %% ../nbs/01b_curves.ipynb #904fe46e
 class LivePlot(LossHistory):
     ("A `LossHistory` that redraws loss and perplexity in a notebook at each evaluation and saves them "
-     "as PNG at the end.")
+     "as PNG at the end, marking the step whose weights early stopping kept.")
     def __init__(self, path: str | Path | None = None, # where to save the final figure
                  live: bool | None = None, # redraw during training; default: only inside a Jupyter notebook
+                 best=None, # a `BestWeights`, whose best step is the step the run keeps; None: not marked
                 ):
         super().__init__()
-        self.path, self.live, self._handle = path, _in_notebook() if live is None else live, None
+        self.path, self.live, self._handle, self._best = path, _in_notebook() if live is None else live, None, best
 
     def _draw(self):
         import matplotlib.pyplot as plt
@@ -85,9 +93,12 @@ class LivePlot(LossHistory):
         else: self._handle.update(fig)
 
     def on_evaluate(self, args, state, control, **kwargs):
+        if self._best is not None: self.kept_step = self._best.step  # may lag one evaluation
         if self.live and state.is_world_process_zero: self._draw()
 
     def on_train_end(self, args, state, control, **kwargs):
+        if self._best is not None:  # the final answer; the reference goes, so the history holds no copy of weights
+            self.kept_step, self._best = self._best.step, None
         if self.path is not None and state.is_world_process_zero:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True); plot_losses(self, self.path)
 

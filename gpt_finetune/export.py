@@ -10,6 +10,8 @@ from pathlib import Path
 import gguf
 import numpy as np
 from safetensors import safe_open
+import yaml
+from huggingface_hub import ModelCard
 from transformers import AutoConfig, AutoTokenizer
 
 from .model import ModelError
@@ -68,6 +70,32 @@ def _write_hparams(w: gguf.GGUFWriter, cfg, name: str, file_type: gguf.LlamaFile
     w.add_vocab_size(cfg.vocab_size)
     w.add_file_type(file_type)
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)
+
+# %% ../nbs/04c_export.ipynb #4b40023e
+def _provenance(model_dir: Path) -> dict:
+    "`name`, `license` and `base` (Hub id) of a saved folder, from its model card (README.md) where it has one."
+    meta = {}
+    if (model_dir / "README.md").is_file():
+        try: meta = ModelCard.load(model_dir / "README.md").data.to_dict()
+        except (OSError, ValueError, yaml.YAMLError): meta = {}  # a hand-written README: no card metadata
+    base = meta.get("base_model")
+    base = base[0] if isinstance(base, list) and base else base
+    base = base if isinstance(base, str) and base.strip() else None
+    license = meta.get("license") if isinstance(meta.get("license"), str) else None
+    return dict(name=f"{base.split('/')[-1]} fine-tuned" if base else model_dir.resolve().name, license=license,
+                base=base)
+
+# %% ../nbs/04c_export.ipynb #ef8bc4da
+def _write_provenance(w: gguf.GGUFWriter, prov: dict):
+    "The license and the base model (with its Hub address) as GGUF `general.*` metadata."
+    if prov["license"]: w.add_license(prov["license"])
+    if not prov["base"]: return
+    org, _, name = prov["base"].rpartition("/")
+    w.add_base_model_count(1)
+    w.add_base_model_name(0, name)
+    if org:  # a Hub id
+        w.add_base_model_organization(0, org)
+        w.add_base_model_repo_url(0, f"https://huggingface.co/{prov['base']}")
 
 # %% ../nbs/04c_export.ipynb #c28fcafb
 _LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
@@ -186,7 +214,9 @@ def export_gguf(model_dir: str | Path, # a saved Llama-family model folder: conf
     tmp = out.with_name(f".{out.name}.partial")
     w = gguf.GGUFWriter(tmp, "llama", use_temp_file=True)  # tensors spill to disk, not RAM
     try:
-        _write_hparams(w, cfg, model_dir.name, file_type)
+        prov = _provenance(model_dir)
+        _write_hparams(w, cfg, prov["name"], file_type)
+        _write_provenance(w, prov)
         _write_tokenizer(w, model_dir, cfg.vocab_size)
         _write_tensors(w, model_dir, cfg, qtype)
         w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()

@@ -4,7 +4,7 @@
 
 # %% ../nbs/00a_files.ipynb #0624fc71
 from __future__ import annotations
-import csv, json, re
+import codecs, csv, json, re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +12,8 @@ from pathlib import Path
 from .data import DataError
 
 # %% auto #0
-__all__ = ['PROBLEM_CLASSES', 'LONE_SURROGATE', 'MAX_DEPTH', 'Problem', 'json_type', 'short_repr', 'read_items']
+__all__ = ['PROBLEM_CLASSES', 'LONE_SURROGATE', 'MAX_DEPTH', 'MAX_RECORD_BYTES', 'Problem', 'json_type', 'short_repr',
+           'RecordTooLarge', 'read_items']
 
 # %% ../nbs/00a_files.ipynb #c6b334e3
 PROBLEM_CLASSES = ("not_utf8", "not_json", "wrong_top_level", "missing_field", "wrong_type", "empty_text",
@@ -93,12 +94,24 @@ class _Json:
         except (ValueError, RecursionError) as e: return None, ("not_json", _parse_error(e))
         return value, self.problem(value, text)
 
+# %% ../nbs/00a_files.ipynb #1f017c36
+MAX_RECORD_BYTES = 16 * 2**20  # the longest line or record any reader accepts (16 MiB): it bounds their memory
+
+class RecordTooLarge(DataError):
+    "A line or record over `MAX_RECORD_BYTES`."
+
+def _too_large(path, line: int, what: str = "line") -> RecordTooLarge:
+    return RecordTooLarge(f"{path}:{line}: a {what} longer than {MAX_RECORD_BYTES:,} bytes; records are limited to "
+                          "that size (split the record, or check that the file is what it should be)")
+
 # %% ../nbs/00a_files.ipynb #0ac4b5f4
 def _lines(path: Path):
-    "Yield `(line number, text)` for each line of a UTF-8 file, read as a stream."
+    "Yield `(line number, text)` for each line of a UTF-8 file, read as a stream of lines up to the size limit."
     with open(path, "rb") as f:
-        offset = 0
-        for n, raw in enumerate(f, 1):
+        offset, n = 0, 0
+        while raw := f.readline(MAX_RECORD_BYTES + 1):  # bounded: a 2 GB line is refused after 16 MiB
+            n += 1
+            if len(raw) > MAX_RECORD_BYTES: raise _too_large(path, n)
             try: text = raw.decode("utf-8-sig" if n == 1 else "utf-8")
             except UnicodeDecodeError as e:
                 raise DataError(f"{path}:{n}: not UTF-8 text (byte {offset + e.start}); "
@@ -106,41 +119,107 @@ def _lines(path: Path):
             offset += len(raw)
             yield n, text
 
+# %% ../nbs/00a_files.ipynb #69ebea70
+def _chunks(path: Path, size: int = 1 << 20, errors: str = "strict"):
+    "Yield the text of a UTF-8 file in pieces of about `size` bytes; a byte that is not UTF-8 stops with its line."
+    decoder, line, offset = codecs.getincrementaldecoder("utf-8-sig")(errors), 1, 0
+    with open(path, "rb") as f:
+        while True:
+            raw = f.read(size)
+            try: text = decoder.decode(raw, final=not raw)
+            except UnicodeDecodeError as e:
+                at = line + raw.count(b"\n", 0, max(e.start, 0))
+                raise DataError(f"{path}:{at}: not UTF-8 text (byte {offset + e.start}); "
+                                "save the file as UTF-8 [not_utf8]") from None
+            line, offset = line + text.count("\n"), offset + len(raw)
+            if text: yield text
+            if not raw: return
+
 # %% ../nbs/00a_files.ipynb #e9096dc9
-def _whole_text(path: Path) -> str:
-    data = path.read_bytes()
-    try: return data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
-        raise DataError(f"{path}:{line}: not UTF-8 text (byte {e.start}); save the file as UTF-8 [not_utf8]") from None
+_BLANK = re.compile(r"[ \t\n\r]*")
+
+class _Window:
+    "A file's text seen through a sliding window: enough to decode the next JSON value, about the size limit at most."
+    def __init__(self, path: Path, nul_error: bool = False, size: int = 1 << 20, errors: str = "strict"):
+        self.path, self.chunks, self.nul_error, self.size = path, _chunks(path, size, errors), nul_error, size
+        self.buf, self.i, self.line, self.eof = "", 0, 1, False  # text, position in it, its line, file read to the end
+
+    def more(self) -> bool:
+        "Drop the text already read and append about as much again; False at the end of the file."
+        held = len(self.buf) - self.i  # doubling, but never much past the limit: then it is refused
+        added, want = [], max(min(held, MAX_RECORD_BYTES + 1 - held), self.size)
+        while sum(map(len, added)) < want and (piece := next(self.chunks, None)) is not None: added.append(piece)
+        if not added: self.eof = True; return False
+        new = "".join(added)
+        if self.nul_error and "\x00" in new:
+            at = self.line + self.buf.count("\n", self.i) + new.count("\n", 0, new.index("\x00"))
+            raise DataError(f"{self.path}:{at}: a NUL byte in the file [nul_byte]")
+        self.buf, self.i = self.buf[self.i:] + new, 0
+        return True
+
+    def next_char(self) -> str:
+        "Skip blank space; the next character ('' at the end of the file)."
+        while True:
+            j = _BLANK.match(self.buf, self.i).end()
+            self.line, self.i = self.line + self.buf.count("\n", self.i, j), j
+            if j < len(self.buf): return self.buf[j]
+            if not self.more(): return ""
+
+    def line_at(self, pos: int) -> int: return self.line + self.buf.count("\n", self.i, pos)
+
+# %% ../nbs/00a_files.ipynb #6e36235d
+def _truncated(e: json.JSONDecodeError) -> bool:
+    "Whether a decoding error may only mean the text ended too soon (the window, not the file)."
+    return e.pos >= len(e.doc) - 8 or e.msg.startswith("Unterminated string")
+
+def _next_value(w: _Window, reader: _Json):
+    "Decode the JSON value at the window's position: `(item, line, problem)`; moves past it."
+    start = w.line
+    while True:
+        reader.dups = []
+        try:
+            item, end = reader.decoder.raw_decode(w.buf, w.i)
+            if end < len(w.buf) or w.eof: break  # a number at the window's edge may go on: read on
+        except json.JSONDecodeError as e:
+            if w.eof or not _truncated(e):
+                raise DataError(f"{w.path}:{w.line_at(e.pos)}: not valid JSON ({e.msg})") from None
+        except (ValueError, RecursionError) as e: raise DataError(f"{w.path}:{start}: {_parse_error(e)}") from None
+        if len(w.buf) - w.i > MAX_RECORD_BYTES: raise _too_large(w.path, start, "record")
+        w.more()
+    if end - w.i > MAX_RECORD_BYTES: raise _too_large(w.path, start, "record")
+    problem = reader.problem(item, w.buf, w.i, end)
+    w.line, w.i = w.line_at(end), end
+    return item, start, problem
 
 # %% ../nbs/00a_files.ipynb #fdae0125
 def _not_one_object(path: Path, line: int):
     "A `.json` file holding a single object (not JSON lines) is the wrong top-level type."
-    try: obj = json.loads(_whole_text(path))
-    except (ValueError, RecursionError): return  # several objects, one per line: JSON lines
+    w = _Window(path)
+    w.next_char()
+    try: obj = _next_value(w, _Json())[0]
+    except RecordTooLarge: raise
+    except DataError: return  # not one JSON value: JSON lines, whose reader names the broken line
+    if w.next_char(): return  # more values follow: JSON lines
     inner = next((k for k, v in obj.items() if isinstance(v, list)), None) if isinstance(obj, dict) else None
     hint = f"; the records may be in its \"{inner}\" field" if inner else " (wrap it in [ ] or name the file .jsonl)"
     raise DataError(f"{path}:{line}: expected a JSON array of records, found one object{hint} [wrong_top_level]")
 
 # %% ../nbs/00a_files.ipynb #b39950be
 def _container(path: Path) -> str:
-    with open(path, "rb") as f: head = f.read(1 << 16)
-    if head[:2] in (b"\xff\xfe", b"\xfe\xff"):
-        raise DataError(f"{path}:1: UTF-16 text; save the file as UTF-8 [not_utf8]")
+    with open(path, "rb") as f: bom = f.read(2)
+    if bom in (b"\xff\xfe", b"\xfe\xff"): raise DataError(f"{path}:1: UTF-16 text; save the file as UTF-8 [not_utf8]")
     if path.suffix.lower() in (".csv", ".tsv"): return path.suffix.lower()[1:]
-    text = head.decode("utf-8-sig", errors="replace")
-    if not text.strip() and len(head) == 1 << 16: text = _whole_text(path)  # a long run of blank space
-    body = text.lstrip()
-    if not body: raise DataError(f"{path}: the file is empty; expected JSON, JSON lines, CSV or TSV records")
-    first, line = body[0], text.count("\n", 0, len(text) - len(body)) + 1
-    if first == "\ufffd": _whole_text(path)  # raises: not UTF-8, with the line
+    w = _Window(path, size=1 << 16, errors="replace")  # a bad byte further on is its reader's to report
+    first, line = w.next_char(), w.line  # past any run of blank space, in bounded memory
+    if not first: raise DataError(f"{path}: the file is empty; expected JSON, JSON lines, CSV or TSV records")
+    if first == "\ufffd": all(_chunks(path))  # raises: not UTF-8, with the line
     if path.suffix.lower() in (".jsonl", ".ndjson"): return "jsonl"  # one value per line, whatever the first is
     if first == "[": return "json"
     if first == "{":
         if path.suffix.lower() == ".json": _not_one_object(path, line)
         return "jsonl"
-    if "," in body.split("\n", 1)[0] or "\t" in body.split("\n", 1)[0]:
+    head = w.buf[w.i:w.i + 65536].split("\n", 1)[0]
+    if "," in head or "\t" in head:
         raise DataError(f"{path}:{line}: not JSON; this looks like a CSV/TSV table: name it .csv or .tsv [not_json]")
     raise DataError(f"{path}:{line}: expected a JSON array of records or JSON lines, found {first!r} [wrong_top_level]")
 
@@ -157,16 +236,25 @@ def _jsonl_items(path: Path):
 # %% ../nbs/00a_files.ipynb #af6a1253
 def _table_items(path: Path, delimiter: str):
     "Yield `(row, line, problem)` for each row of a CSV/TSV file with a header."
-    csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))
-    reader = csv.reader((text for _, text in _lines(path)), delimiter=delimiter)
+    csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))  # our own limit, per record, is below it
+    size, first = 0, 1  # characters read for the row being parsed, and its first line
+    def lines():  # a quoted field may span many lines: the record, not only each line, is limited
+        nonlocal size, first
+        for n, text in _lines(path):
+            if not size: first = n
+            size += len(text)
+            if size > MAX_RECORD_BYTES: raise _too_large(path, first, "record")
+            yield text
+    reader = csv.reader(lines(), delimiter=delimiter)
     try:
-        header = next(reader, None)
+        header = next(reader, None); size = 0
         if not header: raise DataError(f"{path}: the file is empty; expected a header row")
         twice = next((h for h, n in Counter(header).items() if n > 1), None)
         if twice is not None:
             raise DataError(f"{path}:1: the header names the column {short_repr(twice)} twice [duplicate_key]")
         start = reader.line_num + 1
         for row in reader:
+            size = 0
             if len(row) > len(header):
                 yield None, start, ("wrong_type", f"{len(row) - len(header)} more values than header columns")
             elif row and len(row) < len(header):
@@ -178,33 +266,18 @@ def _table_items(path: Path, delimiter: str):
         raise DataError(f"{path}:{reader.line_num}: not a valid table row ({e}) [not_json]") from None
 
 # %% ../nbs/00a_files.ipynb #c530fc71
-_BLANK = re.compile(r"[ \t\n\r]*")
-
-def _array_items(text: str, name: str):
-    "Yield `(item, line, problem)` for each element of the JSON array `text`, which starts with '['."
-    if "\x00" in text:
-        raise DataError(f"{name}:{text.count(chr(10), 0, text.index(chr(0))) + 1}: a NUL byte in the file [nul_byte]")
-    reader, n, line, at = _Json(), len(text), 1, 0
-    def line_of(pos):
-        nonlocal line, at
-        line, at = line + text.count("\n", at, pos), pos
-        return line
-    i = _BLANK.match(text, _BLANK.match(text).end() + 1).end()
-    if i < n and text[i] == "]": return
+def _array_items(path: Path):
+    "Yield `(item, line, problem)` for each element of the JSON array in `path`, read through a bounded window."
+    w, reader = _Window(path, nul_error=True), _Json()
+    w.next_char(); w.i += 1  # the '['
+    if w.next_char() == "]": return
     while True:
-        start, reader.dups = line_of(i), []
-        try: item, end = reader.decoder.raw_decode(text, i)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{name}:{line_of(e.pos)}: not valid JSON ({e.msg})") from None
-        except (ValueError, RecursionError) as e: raise DataError(f"{name}:{start}: {_parse_error(e)}") from None
-        yield item, start, reader.problem(item, text, i, end)
-        i = _BLANK.match(text, end).end()
-        if i < n and text[i] == "]": break
-        if i >= n or text[i] != ",":
-            raise DataError(f"{name}:{line_of(i)}: expected ',' or ']' after a record (is the file truncated?)")
-        i = _BLANK.match(text, i + 1).end()
-        if i < n and text[i] == "]":
-            raise DataError(f"{name}:{line_of(i)}: trailing comma before ']' is not valid JSON")
+        yield _next_value(w, reader)
+        c = w.next_char()
+        if c == "]": break
+        if c != ",": raise DataError(f"{path}:{w.line}: expected ',' or ']' after a record (is the file truncated?)")
+        w.i += 1
+        if w.next_char() == "]": raise DataError(f"{path}:{w.line}: trailing comma before ']' is not valid JSON")
 
 # %% ../nbs/00a_files.ipynb #306f39d2
 def read_items(path: str | Path, # a JSON, JSON lines, CSV or TSV file
@@ -214,4 +287,4 @@ def read_items(path: str | Path, # a JSON, JSON lines, CSV or TSV file
     if not path.is_file(): raise DataError(f"{path}: no such file")
     kind = _container(path)
     if kind in ("csv", "tsv"): return _table_items(path, "," if kind == "csv" else "\t")
-    return _jsonl_items(path) if kind == "jsonl" else _array_items(_whole_text(path), str(path))
+    return _jsonl_items(path) if kind == "jsonl" else _array_items(path)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/00a_formats.ipynb #6578c480
 from __future__ import annotations
-import os, re, socket, threading
+import csv, os, re, socket, threading
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +15,7 @@ from .files import LONE_SURROGATE, Problem, json_type, read_items, short_repr
 
 # %% auto #0
 __all__ = ['FORMATS', 'CONTROL_TOKENS', 'CHAT_ROLES', 'SHAREGPT_ROLES', 'RESERVED', 'detect_format', 'make_record', 'check_item',
-           'Loaded', 'load_records', 'check_loaded', 'problem_rows']
+           'Loaded', 'load_records', 'check_loaded', 'read_records', 'problem_rows']
 
 # %% ../nbs/00a_formats.ipynb #35bdca37
 FORMATS = {  # format: (marker field, required text fields)
@@ -165,6 +165,14 @@ def _load_dataset(spec: str, hub: bool):
         why = (str(e).strip().splitlines() or [""])[0][:200]
         raise DataError(f"{spec}: cannot load it as a Hugging Face dataset ({type(e).__name__}: {why})") from None
 
+# %% ../nbs/00a_formats.ipynb #16cb4d86
+def _check_folder_lines(folder: Path):
+    "Refuse a folder of text data files with a line over the readers' limit, before `datasets` reads one whole."
+    from gpt_finetune import files
+    for f in sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in (".json", ".jsonl", ".csv",
+                                                                                         ".tsv", ".txt")):
+        for _ in files._lines(f): pass  # streams, in bounded memory; raises with the file and line
+
 # %% ../nbs/00a_formats.ipynb #4cc74b81
 def _items_of(source) -> tuple[str, object]:
     "A name and an iterator of `(item, line, problem, split)` for a path, a dataset folder, a Hub id or a `Dataset`."
@@ -174,6 +182,7 @@ def _items_of(source) -> tuple[str, object]:
         path, name = Path(source), str(source)
         if path.is_dir():
             saved = any((path / f).exists() for f in ("dataset_info.json", "state.json", "dataset_dict.json"))
+            if not saved: _check_folder_lines(path)
             source = load_from_disk(str(path)) if saved else _load_dataset(str(path), hub=False)
         elif not path.exists() and _HUB_ID.match(str(source)) and not path.suffix.lower() in _FILE_SUFFIXES:
             source = _load_dataset(str(source), hub=True)
@@ -257,6 +266,26 @@ def check_loaded(loaded: Loaded,       # what `load_records` returned
         more = f"; {n} more (run `gpt-finetune prepare` for the list)" if n else ""
         raise DataError(f"{loaded.problems[0]}{more}")
     return loaded
+
+# %% ../nbs/00a_formats.ipynb #c0dc90d3
+def _field_map(spec: str | None) -> dict | None:
+    "`question=input,answer=output` as the renames `load_records` takes."
+    if not spec: return None
+    pairs = [p.split("=", 1) for p in spec.split(",")]
+    if any(len(p) != 2 or not all(x.strip() for x in p) for p in pairs):
+        raise DataError(f"--fields must look like question=input,answer=output, not {spec!r}")
+    return {a.strip(): b.strip() for a, b in pairs}
+
+def read_records(source: str | Path, # a file, a saved dataset folder or a Hub dataset id
+                 fields: str | None = None, # field renames, e.g. "question=input,answer=output"
+                 strict: bool = False, # raise on the first invalid record instead of reporting it
+                ) -> Loaded:
+    "`load_records`, with any failure to read turned into one `DataError` line naming the source."
+    try: return check_loaded(load_records(source, _field_map(fields)), str(source), strict)
+    except DataError: raise
+    except (OSError, ValueError, TypeError, KeyError, IndexError, RecursionError, csv.Error) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise DataError(f"{source}: cannot read ({type(e).__name__}: {first})"[:300]) from None
 
 # %% ../nbs/00a_formats.ipynb #3e9c6c1c
 def problem_rows(loaded: Loaded, # what `load_records` returned

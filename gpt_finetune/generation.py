@@ -4,6 +4,7 @@
 
 # %% ../nbs/02c_generate.ipynb #4e90b833
 from __future__ import annotations
+import os
 from typing import Callable
 
 import torch
@@ -27,6 +28,16 @@ def left_pad(rows: list[list[int]], # encoded prompts of any lengths
     mask = [[0] * (width - len(r)) + [1] * len(r) for r in rows]
     return {"input_ids": torch.tensor(ids, device=device), "attention_mask": torch.tensor(mask, device=device)}
 
+# %% ../nbs/02c_generate.ipynb #9f9f077d
+def _prefix_table(s: str) -> list[int]:
+    "For each prefix of `s`, the length of its longest proper prefix that is also its suffix (KMP's table)."
+    table, k = [0] * len(s), 0
+    for i in range(1, len(s)):
+        while k and s[i] != s[k]: k = table[k - 1]
+        k += s[i] == s[k]
+        table[i] = k
+    return table
+
 # %% ../nbs/02c_generate.ipynb #96df2b16
 class Detokenizer:
     "Token ids in, new text out: holds back a character still incomplete or the start of a stop string."
@@ -34,18 +45,35 @@ class Detokenizer:
                  stop: list[str] | None = None): # strings that end the text; it is cut before the first one
         self.tokenizer, self.stop = tokenizer, [s for s in stop or [] if s]
         self.ids, self.sent, self.stopped = [], 0, False
+        self._tables = [_prefix_table(s) for s in self.stop]
+        self._states = [[0] for _ in self.stop]  # per stop string: its match length after each character read
+        self._read, self._cut = "", None  # the text the stop strings were matched against; where the first begins
+
+    def _match(self, text: str):
+        "Advance each stop string's match over the characters of `text` not read yet (again from any that changed)."
+        same = len(self._read) if text.startswith(self._read) else len(os.path.commonprefix([self._read, text]))
+        for states in self._states: del states[same + 1:]
+        for i in range(same, len(text)):
+            for s, table, states in zip(self.stop, self._tables, self._states):
+                k = states[-1]
+                while k and s[k] != text[i]: k = table[k - 1]
+                k += s[k] == text[i]
+                if k == len(s):  # a whole stop string: the text ends before the earliest one found
+                    self._cut = i + 1 - k if self._cut is None else min(i + 1 - k, self._cut)
+                    k = table[k - 1]
+                states.append(k)
+        self._read = text
 
     def text(self) -> str:
         "All the text so far, cut before the first stop string (`stopped` then becomes True)."
         text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
-        cut = min((i for i in (text.find(s) for s in self.stop) if i >= 0), default=-1)
-        if cut >= 0: self.stopped = True
-        return text[:cut] if cut >= 0 else text
+        if self._cut is None: self._match(text.rstrip("\ufffd"))  # an incomplete character may still change
+        self.stopped = self._cut is not None
+        return text if self._cut is None else text[:self._cut]
 
     def _held(self, text: str) -> int:
         bad = len(text) - len(text.rstrip("\ufffd"))
-        partial = max((k for s in self.stop for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
-        return max(bad, partial)
+        return bad + max((states[-1] for states in self._states), default=0)
 
     def push(self, token: int | None = None, # the next token id (None: nothing new)
              final: bool = False, # the last call: release what was held back
@@ -64,6 +92,40 @@ def _pick(logits: torch.Tensor, do_sample: bool, temperature: float, top_p: floa
     if top_p < 1: scores = TopPLogitsWarper(top_p)(None, scores)
     probs = scores.softmax(-1)
     return [torch.multinomial(p, 1, generator=g).item() for p, g in zip(probs, generators)]
+
+# %% ../nbs/02c_generate.ipynb #6bce60dd
+def _shape(logits: torch.Tensor, shapers: list) -> torch.Tensor:
+    "The batch's scores with each row's shaper applied; rows without one (and batches without any) untouched."
+    if not any(shapers): return logits
+    scores = logits.to(torch.float32, copy=True)
+    for k, shaper in enumerate(shapers):
+        if shaper: shaper(scores[k])  # changes its row in place
+    return scores
+
+# %% ../nbs/02c_generate.ipynb #a4708c56
+def _check_logprobs(logprobs: list | None, n: int) -> list[int | None]:
+    tops = list(logprobs) if logprobs else [None] * n
+    bad = [k for k in tops if k is not None and not (isinstance(k, int) and 0 <= k <= 20)]
+    if len(tops) != n or bad: raise ValueError(f"logprobs must hold one None or 0..20 per row, got {logprobs!r}")
+    return tops
+
+# %% ../nbs/02c_generate.ipynb #96958de8
+def _token_info(scores: torch.Tensor, token: int, k: int) -> dict:
+    "The chosen token's log-probability and the `k` most likely (token, log-probability), from one row's scores."
+    lp = scores.float().log_softmax(-1)
+    top = lp.topk(k) if k else None
+    floor = lambda v: max(v, -9999.0)  # a ruled-out token's -inf, as a number JSON can hold
+    return {"logprob": floor(lp[token].item()),
+            "top": [(i, floor(v)) for v, i in zip(top.values.tolist(), top.indices.tolist())] if k else []}
+
+# %% ../nbs/02c_generate.ipynb #86fe1c79
+def _take(t: int, detok, shaper, k: int | None, scores: torch.Tensor, kept: list | None) -> dict | None:
+    "Record a row's new token with its detokenizer, shaper and log-probabilities; returns its log-prob info."
+    detok.push(t)
+    if shaper: shaper.accept(t)
+    info = None if k is None else _token_info(scores, t, k)
+    if kept is not None: kept.append(info)
+    return info
 
 # %% ../nbs/02c_generate.ipynb #f67c6d32
 def _end(rows: list[list[int]], limits: list[int], cancelled) -> list[str | None]:
@@ -101,31 +163,37 @@ def generate_ids(model, # a causal LM
                  tokenizer, # its tokenizer: stop tokens, pad id, decoding
                  rows: list[list[int]], # one batch of encoded prompts (see `encode_prompts`)
                  max_new_tokens: int | list[int] = 64, # one limit for every row, or one per row
-                 on_token: Callable[[int, int], None] | None = None, # called with (row, token id) for each new token
+                 on_token: Callable[[int, int, dict | None], None] | None = None, # (row, token id, logprob info)
                  cancelled: Callable[[int], bool] | None = None, # row -> True ends that row now
                  stop: list[list[str]] | None = None, # per row: strings that end its answer (cut before them)
                  do_sample: bool = False, # False: greedy, the most likely token every time
                  temperature: float = 1.0, # with sampling: scores are divided by it (lower: surer answers)
                  top_p: float = 1.0, # with sampling: keep the smallest set of tokens whose probabilities reach it
                  seed: int | None = None, # seeds each row's sampling, so the same call gives the same answers
+                 shapers: list | None = None, # per row: a shaper of `02d_decoding` that changes its scores, or None
+                 logprobs: list[int | None] | None = None, # per row: report the chosen token's and k best log-probs
                 ) -> list[dict]:
-    "Continue each row until it stops; per row `ids`, `text`, `finish_reason`, `prompt_tokens`, `completion_tokens`."
+    "Continue each row until it stops; per row `ids`, `text`, `finish_reason`, token counts and `logprobs`."
     n, stops = len(rows), set(stop_token_ids(tokenizer))
     limits = list(max_new_tokens) if isinstance(max_new_tokens, (list, tuple)) else [max_new_tokens] * n
     finish, detoks = _end(rows, limits, cancelled), [Detokenizer(tokenizer, s) for s in (stop or [None] * n)]
+    shapers, tops = shapers or [None] * n, _check_logprobs(logprobs, n)
+    lps = [None if k is None else [] for k in tops]
     live = [i for i in range(n) if finish[i] is None]
     gens = [None if seed is None else torch.Generator(model.device).manual_seed(seed) for _ in range(n)]
     model.eval()  # dropout off, or even greedy answers change from call to call
     if live: cache, mask, pos, logits = _prefill(model, [rows[i] for i in live], tokenizer.pad_token_id)
     while live:
-        tokens, keep = _pick(logits, do_sample, temperature, top_p, [gens[i] for i in live]), []
+        scores = _shape(logits, [shapers[i] for i in live])
+        tokens, keep = _pick(scores, do_sample, temperature, top_p, [gens[i] for i in live]), []
         for k, (i, t) in enumerate(zip(live, tokens)):
             if cancelled and cancelled(i): finish[i] = "cancelled"
-            elif t in stops: finish[i] = "stop"
+            elif t in stops or (shapers[i] and shapers[i].done): finish[i] = "stop"  # done: nothing allowed
             else:
-                detoks[i].push(t)
-                if on_token: on_token(i, t)
-                finish[i] = "stop" if detoks[i].stopped else "length" if len(detoks[i].ids) >= limits[i] else None
+                info = _take(t, detoks[i], shapers[i], tops[i], scores[k], lps[i])
+                if on_token: on_token(i, t, info)
+                ended = detoks[i].stopped or (shapers[i] and shapers[i].done)  # a stop string, or complete JSON
+                finish[i] = "stop" if ended else "length" if len(detoks[i].ids) >= limits[i] else None
             if finish[i] is None: keep.append(k)
         if not keep: break
         if len(keep) < len(live):  # finished rows leave the batch and the cache
@@ -135,8 +203,8 @@ def generate_ids(model, # a causal LM
         mask, pos = torch.cat([mask, mask.new_ones(len(live), 1)], 1), pos[:, -1:] + 1
         logits = model(input_ids=step, attention_mask=mask, position_ids=pos, cache=cache).logits[:, -1]
     return [{"ids": d.ids, "text": d.text(), "finish_reason": f, "prompt_tokens": len(r),
-             "completion_tokens": len(d.ids)}
-            for d, f, r in zip(detoks, finish, rows)]
+             "completion_tokens": len(d.ids), "logprobs": lp}
+            for d, f, r, lp in zip(detoks, finish, rows, lps)]
 
 # %% ../nbs/02c_generate.ipynb #648ee828
 def _per_row(stop, n: int) -> list[list[str]] | None:
@@ -159,15 +227,17 @@ def generate_texts(model, # a causal LM
                    batch_size: int = 64, # most prompts per batch: larger batches share each weight read among more rows
                    progress: bool = False, # show a progress bar over the batches
                    stop: list[str] | list[list[str]] | None = None, # stop strings for all prompts, or one list each
-                   **sampling, # `do_sample`, `temperature`, `top_p`, `seed` of `generate_ids`; greedy by default
+                   **sampling, # `do_sample`, `temperature`, `top_p`, `seed`, and per prompt `shapers`, `logprobs`
                   ) -> list[dict]:
     "Continue any number of rendered prompts in batches of similar length; results as `generate_ids`, in input order."
     rows, stops = encode_prompts(tokenizer, prompts), _per_row(stop, len(prompts))
+    per_row = {k: sampling.pop(k) for k in ("shapers", "logprobs") if sampling.get(k) is not None}
     order, results = sorted(range(len(rows)), key=lambda i: len(rows[i])), [None] * len(rows)
     for batch in tqdm(even_batches(len(order), batch_size), desc="generating", disable=not progress):
         idx = [order[i] for i in batch]
         outs = generate_ids(model, tokenizer, [rows[i] for i in idx], max_new_tokens,
-                            stop=[stops[i] for i in idx] if stops else None, **sampling)
+                            stop=[stops[i] for i in idx] if stops else None,
+                            **{k: [v[i] for i in idx] for k, v in per_row.items()}, **sampling)
         for i, o in zip(idx, outs): results[i] = o
     return results
 

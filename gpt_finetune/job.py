@@ -4,19 +4,20 @@
 
 # %% ../nbs/04d_job.ipynb #87ed2112
 from __future__ import annotations
-import csv, hashlib, json, os, shutil, sys, time
+import csv, errno, hashlib, json, os, re, shutil, sys, time, uuid
 from collections import Counter
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, replace
 from pathlib import Path
 
 from . import __version__
+from .formats import read_records
 from .options import ModelOptions, RunConfig, write_config
 
 # %% auto #0
-__all__ = ['UsageError', 'read_records', 'load_data', 'tokenize_splits', 'write_jsonl', 'write_data_report', 'model_fingerprint',
-           'baseline_evaluation', 'claim_output', 'save_atomically', 'human_size', 'timed', 'load_model_from',
-           'run_job', 'prepare_job']
+__all__ = ['RUN_MARKER', 'UsageError', 'load_data', 'tokenize_splits', 'write_jsonl', 'write_data_report', 'model_fingerprint',
+           'baseline_evaluation', 'probe_answers', 'read_marker', 'will_write', 'claim_output', 'WriteError', 'writing',
+           'save_atomically', 'human_size', 'timed', 'load_model_from', 'run_job', 'prepare_job']
 
 # %% ../nbs/04d_job.ipynb #d37a44aa
 class UsageError(ValueError):
@@ -25,27 +26,6 @@ class UsageError(ValueError):
 # %% ../nbs/04d_job.ipynb #458e2b5b
 def _first_line(e: BaseException) -> str:
     return (str(e).strip().splitlines() or [type(e).__name__])[0]
-
-# %% ../nbs/04d_job.ipynb #aec67d1e
-def _field_map(spec: str | None) -> dict | None:
-    if not spec: return None
-    pairs = [p.split("=", 1) for p in spec.split(",")]
-    if any(len(p) != 2 or not all(x.strip() for x in p) for p in pairs):
-        raise UsageError(f"--fields must look like question=input,answer=output, not {spec!r}")
-    return {a.strip(): b.strip() for a, b in pairs}
-
-# %% ../nbs/04d_job.ipynb #f69e7498
-def read_records(source: str | Path, # a file, a saved dataset folder or a Hub dataset id
-                 fields: str | None = None, # field renames, e.g. "question=input,answer=output"
-                 strict: bool = False, # raise on the first invalid record instead of reporting it
-                ):
-    "`formats.load_records`, with any failure to read turned into one `DataError` line naming the source."
-    from gpt_finetune.data import DataError
-    from gpt_finetune.formats import check_loaded, load_records
-    try: return check_loaded(load_records(source, _field_map(fields)), str(source), strict)
-    except DataError: raise
-    except (OSError, ValueError, TypeError, KeyError, IndexError, RecursionError, csv.Error) as e:
-        raise DataError(f"{source}: cannot read ({type(e).__name__}: {_first_line(e)})"[:300]) from None
 
 # %% ../nbs/04d_job.ipynb #794e8a9f
 _SPLIT_NAMES = {"validation": "validation", "valid": "validation", "dev": "validation", "eval": "validation",
@@ -156,55 +136,173 @@ def baseline_evaluation(model, # the base model
                         records: list[dict], # test records with reference answers
                         reuse: bool = True, # False: always generate
                         cache: str | Path | None = None, # folder of cached results (default: in the user cache folder)
-                        **opts, # keyword arguments of `evaluate_model` (all but `progress` key the cache)
+                        evaluate=None, # called as `evaluate_model` is; None: `evaluate_model`
+                        **opts, # keyword arguments of `evaluate` (all but `progress` key the cache)
                        ) -> tuple[dict, list[dict], bool]:
-    "`evaluate_model`, cached by content; returns `(metrics, answers, reused)`."
+    "`evaluate_model` (or `evaluate`), cached by content; returns `(metrics, answers, reused)`."
     from gpt_finetune.evaluation import evaluate_model
     from gpt_finetune.model import cache_dir
+    evaluate = evaluate or evaluate_model
     settings = {k: v for k, v in opts.items() if k != "progress"}
-    key = json.dumps([model_fingerprint(model, tokenizer), __version__, settings,
+    key = json.dumps([model_fingerprint(model, tokenizer), __version__, evaluate.__name__, settings,
                       [(r["messages"], r.get("accept")) for r in records]], sort_keys=True, default=str)
     path = (Path(cache or cache_dir() / "baselines")
             / f"{hashlib.blake2b(key.encode(), digest_size=16).hexdigest()}.json")
     if reuse and path.is_file():
         try: return (*json.loads(path.read_text(encoding="utf-8")), True)
         except ValueError: pass  # a half-written or foreign file: evaluate again and replace it
-    metrics, answers = evaluate_model(model, tokenizer, records, **opts)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    metrics, answers = evaluate(model, tokenizer, records, **opts)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps([metrics, answers]), encoding="utf-8"); tmp.replace(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps([metrics, answers]), encoding="utf-8"); tmp.replace(path)
+    except OSError:  # a full or read-only cache costs time next run, nothing now: the answers are here
+        with suppress(OSError): tmp.unlink()
     return metrics, answers, False
 
+# %% ../nbs/04d_job.ipynb #f298dde0
+def probe_answers(model, # the base or the fine-tuned model
+                  tokenizer, # its tokenizer
+                  probe: list[dict] | None, # from `probe.load_probe`; None: no probe
+                  reuse: bool | None = None, # the base model: cached, reused when True; None: not cached (fine-tuned)
+                  **opts, # `max_new_tokens`, `batch_size`, `system`, `progress` of `probe.answer_probe`
+                 ) -> list[dict] | None:
+    "The probe's answers (the base model's cached like the baseline's), or None without a probe."
+    from gpt_finetune.probe import answer_probe
+    if not probe: return None
+    if reuse is None: return answer_probe(model, tokenizer, probe, **opts)
+    def probe_eval(m, t, records, **o): return {}, answer_probe(m, t, records, **o)
+    return baseline_evaluation(model, tokenizer, probe, reuse, evaluate=probe_eval, **opts)[1]
+
+# %% ../nbs/04d_job.ipynb #517d2f0b
+RUN_MARKER = "gpt-finetune-run.json"  # in every run folder: the run's id and the names of what it wrote
+
+def _plain_name(name) -> bool:
+    "A name of an entry right inside the folder: no separator, not `.`, `..` or the marker itself."
+    return isinstance(name, str) and name not in ("", ".", "..", RUN_MARKER) and not set(name) & {"/", os.sep, "\0"}
+
+def read_marker(out: Path, # an output folder
+               ) -> dict | None:
+    "The folder's run marker, `{run_id, wrote: [names]}`, or None without one; `UsageError` if it is not ours."
+    f = Path(out) / RUN_MARKER
+    if not f.exists() and not f.is_symlink(): return None
+    try: m = json.loads(f.read_text(encoding="utf-8")) if f.is_file() and not f.is_symlink() else None
+    except (UnicodeError, ValueError): m = None
+    if not (isinstance(m, dict) and isinstance(m.get("run_id"), str) and isinstance(m.get("wrote"), list)
+            and all(map(_plain_name, m["wrote"]))):  # a forged list could name ../ or / paths: delete nothing
+        raise UsageError(f"{f}: not a run marker written by gpt-finetune (a run id and the names of files in this "
+                         "folder); nothing was touched: remove it, or choose another --output-dir")
+    return m
+
+# %% ../nbs/04d_job.ipynb #90e3b073
+def _write_marker(out: Path, marker: dict):
+    "Replace the marker in one rename: a kill leaves the old list or the new one."
+    tmp = out / f".{RUN_MARKER}.{os.getpid()}.tmp"
+    try: tmp.write_text(json.dumps(marker, indent=1), encoding="utf-8"); tmp.replace(out / RUN_MARKER)
+    except BaseException:
+        with suppress(OSError): tmp.unlink()
+        raise
+
+def will_write(out: Path, # a run folder marked by `claim_output`
+               *names: str, # entries of `out` about to be written
+              ) -> list[Path]:
+    "Add `names` to the folder's manifest before they are written; returns their paths."
+    assert all(map(_plain_name, names)), names
+    m = read_marker(out)
+    new = [n for n in dict.fromkeys(names) if n not in m["wrote"]]
+    if new: _write_marker(out, {**m, "wrote": m["wrote"] + new})
+    return [out / n for n in names]
+
 # %% ../nbs/04d_job.ipynb #8c1e6e9c
-_RUN_FILES = ("config.yaml", "metrics.json", "model", "checkpoints", "report.md", "answers.jsonl", "dropped.jsonl",
-              "data_report.jsonl", "training_log.csv")
+def _exists(p: Path) -> bool: return p.exists() or p.is_symlink()
+
+def _delete(out: Path, names: list[str]):
+    "Delete these entries of `out`; a link is removed, never what it points to."
+    for p in (out / n for n in names):
+        if p.is_dir() and not p.is_symlink(): shutil.rmtree(p)
+        elif _exists(p): p.unlink()
+
+def _check_creatable(out: Path):
+    "Refuse a folder that cannot exist: one of its parents is a file."
+    parent = next(p for p in (out, *out.parents) if _exists(p))
+    if not parent.is_dir():
+        raise UsageError(f"{out}: cannot be created, {parent} is a file; choose another --output-dir")
 
 def claim_output(out: Path, # the run's output folder
                  overwrite: bool = False, # replace an earlier run in it
                  resume: bool = False, # keep an earlier run, to continue it
-                 remove: bool = True, # delete the earlier run's files now (False: only check)
-                ):
-    "Refuse a folder holding an earlier run unless `overwrite` (its run files are removed) or `resume`."
-    old = [n for n in _RUN_FILES if (out / n).exists()]
-    if not old or resume: return
-    if not overwrite:
+                 remove: bool = True, # delete the earlier run's files and mark the folder now (False: only check)
+                ) -> str | None:
+    "Refuse a folder that is not ours, or holds an earlier run unless `overwrite` or `resume`; returns the run id."
+    out = Path(out)
+    _check_creatable(out)
+    marker = read_marker(out) if out.is_dir() else None
+    if marker is None and out.is_dir() and (theirs := sorted(p.name for p in out.iterdir())):
+        raise UsageError(f"{out}: not empty and not a gpt-finetune run folder (no {RUN_MARKER}; it holds "
+                         f"{', '.join(theirs[:3])}{', ...' if len(theirs) > 3 else ''}); nothing in it was touched: "
+                         "choose a new or empty --output-dir")
+    old = [n for n in marker["wrote"] if _exists(out / n)] if marker else []
+    if old and not (overwrite or resume):
         raise UsageError(f"{out}: holds an earlier run ({', '.join(old[:3])}); pass --overwrite to replace it, "
                          "--resume to continue it, or choose another --output-dir")
-    if remove:  # only what a run writes: an unrelated file in the folder is not ours to delete
-        for p in [out / n for n in old] + list(out.glob("*.png")) + list(out.glob(".model-*")):
-            shutil.rmtree(p) if p.is_dir() else p.unlink()
+    if not remove: return None
+    out.mkdir(parents=True, exist_ok=True)
+    if resume and marker:  # the same run goes on; its half-written saves go
+        _delete(out, [n for n in old if n.endswith(".tmp")])
+        marker = {**marker, "wrote": [n for n in marker["wrote"] if not n.endswith(".tmp")]}
+    else:  # only what the earlier run listed: a file of the user's beside it is not ours to delete
+        _delete(out, old)
+        marker = {"run_id": uuid.uuid4().hex[:12], "written_by": f"gpt-finetune {__version__}", "wrote": []}
+    _write_marker(out, marker)
+    return marker["run_id"]
+
+# %% ../nbs/04d_job.ipynb #8594f460
+class WriteError(UsageError):
+    "The output folder refused a write: disk full, no permission, read-only. One line, exit status 2."
+
+_NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+def _write_failure(e: BaseException, where: Path) -> str | None:
+    "One line for an exception that means a write was refused, or None for any other."
+    code, text = getattr(e, "errno", None) if isinstance(e, OSError) else None, str(e)
+    if type(e).__name__ == "SafetensorError" and (m := re.search(r"os error (\d+)", text)): code = int(m[1])
+    if code is None and isinstance(e, RuntimeError) and ("inline_container" in text or "StreamWriter" in text):
+        return (f"{where}: a write failed, the disk may be full (torch: {_first_line(e)[:100]}); "
+                "free some space or choose another --output-dir")  # torch.save's own words for a short write
+    if code is None: return None
+    hint = "free some space or" if code in _NO_SPACE else "make it writable or"
+    return f"{getattr(e, 'filename', None) or where}: {os.strerror(code)}; {hint} choose another --output-dir"
+
+@contextmanager
+def writing(where: Path, # the folder written inside the block, named in the error
+           ):
+    "Inside the block, a write the disk refuses (full, no permission, read-only) ends in one `WriteError` line."
+    try: yield
+    except Exception as e:
+        if (line := _write_failure(e, where)) is None: raise
+        raise WriteError(line) from None
 
 # %% ../nbs/04d_job.ipynb #366be6e5
+def _work_dir(dest: Path) -> Path:
+    "The temporary folder `save_atomically` writes `dest` into, beside it."
+    return dest.parent / f".{dest.name}-{os.getpid()}.tmp"
+
 def save_atomically(save, # called with a folder: writes the model into it
                     dest: Path, # the folder to create or replace
                    ) -> Path:
     ("Write a folder through `save` into a temporary place beside `dest`, then rename it to `dest`, "
-     "replacing the old one.")
-    work = dest.parent / f".{dest.name}-{os.getpid()}.tmp"  # holds a folder of the same name: a model card names it
-    shutil.rmtree(work, ignore_errors=True); work.mkdir(parents=True)
-    save(work / dest.name)
-    if dest.exists(): dest.rename(work / "old")
-    (work / dest.name).rename(dest)
+     "replacing the old one; if anything fails, the temporary folder goes and the old one stays.")
+    work = _work_dir(dest)  # holds a folder of the same name: a model card names it
+    shutil.rmtree(work, ignore_errors=True)
+    try:
+        work.mkdir(parents=True)
+        save(work / dest.name)
+        if dest.exists(): dest.rename(work / "old")
+        (work / dest.name).rename(dest)
+    except BaseException:  # a full disk or Ctrl-C: put the old folder back, leave nothing half-written
+        if _exists(work / "old") and not _exists(dest): (work / "old").rename(dest)
+        shutil.rmtree(work, ignore_errors=True)
+        raise
     shutil.rmtree(work)
     return dest
 
@@ -243,16 +341,74 @@ def load_model_from(m: ModelOptions, # which model, and what loading it may run
     return load_model(m.name, allow_pickle=m.allow_pickle, trust_remote_code=m.trust_remote_code, quantize=quantize)
 
 # %% ../nbs/04d_job.ipynb #7732afbe
-def _finish(out: Path, keep_checkpoints: bool, freed: int = 0) -> dict:
-    "Tidy the trainer's folder after a successful run; returns the disk space used and freed."
+def _spare_checkpoints(ckpts: Path) -> list[Path]:
+    "What a successful run removes from the trainer's folder: everything but TensorBoard's `runs/`."
+    return [p for p in ckpts.iterdir() if p.name != "runs"] if ckpts.is_dir() else []
+
+def _disk_use(out: Path, keep_checkpoints: bool, freed: int = 0) -> dict:
+    "Tidy the trainer's folder; returns the disk space used once the checkpoints are removed, and what that frees."
     ckpts = out / "checkpoints"
     if (ckpts / "training_log.csv").exists(): (ckpts / "training_log.csv").replace(out / "training_log.csv")
     (ckpts / "loss.png").unlink(missing_ok=True)  # the same curves as OUTPUT_DIR/loss.png
-    for p in [] if keep_checkpoints or not ckpts.is_dir() else [p for p in ckpts.iterdir() if p.name != "runs"]:
-        freed += _size(p) if p.is_dir() else 0
-        shutil.rmtree(p) if p.is_dir() else p.unlink()  # TensorBoard's runs/ stay
+    gone = 0 if keep_checkpoints else sum(_size(p) for p in _spare_checkpoints(ckpts))
+    return {"output_bytes": _size(out) - gone, "model_bytes": _size(out / "model"),
+            "checkpoint_bytes_removed": freed + gone}
+
+def _remove_checkpoints(out: Path):
+    "Delete the trainer's checkpoints: only once the model and its report are written, so a killed run can resume."
+    ckpts = out / "checkpoints"
+    for p in _spare_checkpoints(ckpts): shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
     if ckpts.is_dir() and not any(ckpts.iterdir()): ckpts.rmdir()
-    return {"output_bytes": _size(out), "model_bytes": _size(out / "model"), "checkpoint_bytes_removed": freed}
+
+# %% ../nbs/04d_job.ipynb #617eac9a
+_REPORT_FILES = ("report.md", "comparison.png", "overfitting.png")  # what `compare.write_report` writes
+
+def _open_run_folder(cfg: RunConfig, out: Path, dropped: list[dict], dss: dict, data: dict) -> str:
+    "Mark the folder (the old run's listed files go now that data and model are good), write config and data report."
+    run_id = claim_output(out, cfg.output.overwrite, cfg.train.resume)
+    will_write(out, "config.yaml", "dropped.jsonl", "data_report.jsonl", "lengths.png", "checkpoints")
+    write_config(cfg, out / "config.yaml")
+    write_data_report(out, dropped, dss, cfg.data.max_length)
+    print(f"data: {data['kept']} kept, dropped {data['dropped'] or 'none'}; evaluating the base model ...",
+          file=sys.stderr)
+    return run_id
+
+def _save_run(cfg: RunConfig, out: Path, model, tokenizer, metrics: dict, test: list[dict], base_answers: list[dict],
+              tuned_answers: list[dict], history) -> dict:
+    "Save the model, then metrics, answers and report; only then remove the checkpoints."
+    from gpt_finetune.model import DEFAULT_MODEL
+    from gpt_finetune.compare import sample_table, write_report
+    from gpt_finetune.probe import probe_markdown
+    from gpt_finetune.deploy import push_to_hub, save_model
+    base_name, clock = cfg.model.name or DEFAULT_MODEL, metrics["timings"]
+    will_write(out, _work_dir(out / "model").name, "model")
+    with timed(clock, "saving_s"), writing(out / "model"):  # the model is in place before the report describing it
+        save_atomically(lambda p: save_model(model, tokenizer, p, base_model=base_name, metrics=metrics,
+                                             config=asdict(cfg), adapter_only=cfg.output.adapter_only), out / "model")
+    will_write(out, "training_log.csv", "metrics.json", "answers.jsonl", *_REPORT_FILES)
+    metrics["disk"] = _disk_use(out, cfg.train.keep_checkpoints, metrics["train"].get("checkpoint_bytes_freed", 0))
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    write_jsonl(out / "answers.jsonl", _answers(test, base_answers, tuned_answers))
+    write_report(out, metrics, sample_table(test, base_answers, tuned_answers), history,
+                 models={"base": base_name, "finetuned": "model/"}, title="Fine-tuning report",
+                 sections=[probe_markdown(metrics["probe"])] if metrics.get("probe") else None)
+    if not cfg.train.keep_checkpoints: _remove_checkpoints(out)
+    if cfg.output.push_to_hub: metrics["hub_url"] = push_to_hub(out / "model", cfg.output.push_to_hub)
+    return metrics
+
+# %% ../nbs/04d_job.ipynb #ceb7e527
+def _fit(cfg: RunConfig, model, dss: dict, adapters: bool) -> bool:
+    "Check up front that training fits in memory (`WontFit`, one line, if not); with `batch_size` 0 LoRA may be chosen."
+    from gpt_finetune.model import best_device
+    from gpt_finetune.speed import fit_plan
+    t, lengths = cfg.train, dss["train"]["length"]
+    plan = fit_plan(model, sum(lengths) / max(len(lengths), 1), t.batch_size, lora=adapters,
+                    checkpointing=t.gradient_checkpointing, device=best_device() if t.device == "auto" else t.device,
+                    can_add_lora=t.batch_size == 0)
+    if plan["lora"] and not adapters:
+        print(f"the model's full weights would not fit in memory: training LoRA adapters (r {cfg.lora.r}) instead",
+              file=sys.stderr)
+    return plan["lora"]
 
 # %% ../nbs/04d_job.ipynb #520418fd
 def run_job(cfg: RunConfig, # every option of the run
@@ -261,58 +417,53 @@ def run_job(cfg: RunConfig, # every option of the run
            ) -> dict:
     ("Prepare data, evaluate the base model, fine-tune, evaluate again, save; returns the metrics "
      "({} off the main process).")
-    from gpt_finetune.model import DEFAULT_MODEL, add_lora
+    from gpt_finetune.model import add_lora
     from gpt_finetune.curves import plot_losses
     from gpt_finetune.train import finetune
     from gpt_finetune.scale import process_state, resume_point
     from gpt_finetune.evaluation import evaluate_model
-    from gpt_finetune.compare import compare_models, overfitting_report, sample_table, write_report
-    from gpt_finetune.deploy import push_to_hub, save_model
+    from gpt_finetune.compare import compare_models, overfitting_report
+    from gpt_finetune.probe import compare_probe, load_probe
     out = Path(cfg.output.output_dir)
     cfg = replace(cfg, train=replace(cfg.train, output_dir=str(out / "checkpoints")))  # the trainer's folder: the run's
     state, clock, t, lora = process_state(), {}, cfg.train, cfg.lora
     adapters = lora.enabled or lora.quantize
     if cfg.output.adapter_only and not adapters: raise UsageError("--adapter-only needs --lora or --quantize")
     splits, dropped, data = load_data(cfg)
-    claim_output(out, cfg.output.overwrite, t.resume, remove=False)  # refuse before the minute a model takes to load
+    probe = load_probe(cfg.eval.probe)  # a bad probe file stops here too, before a model loads
+    with writing(out): claim_output(out, cfg.output.overwrite, t.resume, remove=False)  # before a model loads
     if model is None: model, tokenizer = load_model_from(cfg.model, lora.quantize)
     if t.resume: resume_point(out / "checkpoints", model, lora.r if adapters else 0)
     splits, dss, dropped, data = tokenize_splits(cfg, splits, dropped, data, tokenizer)
+    adapters = _fit(cfg, model, dss, adapters)  # a run that cannot fit says so now, not when the kernel kills it
+    popts = dict(batch_size=cfg.eval.eval_batch_size, system=cfg.data.system, progress=t.progress)
     test, opts = splits["test"], dict(max_new_tokens=cfg.eval.max_new_tokens, batch_size=cfg.eval.eval_batch_size,
-                                      system=cfg.data.system, progress=True)
-    if state.is_main_process:  # the data and the model are good: now the old run's files may go
-        claim_output(out, cfg.output.overwrite, t.resume); out.mkdir(parents=True, exist_ok=True)
-        write_config(cfg, out / "config.yaml")
-        write_data_report(out, dropped, dss, cfg.data.max_length)
-        print(f"data: {data['kept']} kept, dropped {data['dropped'] or 'none'}; evaluating the base model ...",
-              file=sys.stderr)
-        with timed(clock, "base_evaluation_s"):
-            base, base_answers, clock["base_reused"] = baseline_evaluation(model, tokenizer, test,
-                                                                           cfg.eval.reuse_baseline, **opts)
-    if adapters: model = add_lora(model, r=lora.r)
-    with timed(clock, "training_s"):
-        stats = finetune(model, tokenizer, dss["train"], dss["validation"] if len(dss["validation"]) else None,
-                         t)
-    if not state.is_main_process: return {}
-    clock.update(training_steps_s=stats.get("train_s"), training_evaluations_s=stats.get("eval_s"),
-                 training_checkpoints_s=stats.get("checkpoint_s"))  # the trainer's own split of its time
-    history = stats.pop("history")
-    plot_losses(history, out / "loss.png"); stats["overfitting"] = overfitting_report(history)
-    with timed(clock, "final_evaluation_s"): tuned, tuned_answers = evaluate_model(model, tokenizer, test, **opts)
-    comparison = compare_models(test, base_answers, tuned_answers, seed=t.seed)  # milliseconds: no generation again
-    metrics = {"base": base, "finetuned": tuned, "data": data, "train": stats, "comparison": comparison,
-               "timings": clock}
-    base_name = cfg.model.name or DEFAULT_MODEL
-    with timed(clock, "saving_s"):  # the model is in place before the report that describes it
-        save_atomically(lambda p: save_model(model, tokenizer, p, base_model=base_name, metrics=metrics,
-                                             config=asdict(cfg), adapter_only=cfg.output.adapter_only), out / "model")
-    metrics["disk"] = _finish(out, t.keep_checkpoints, stats.get("checkpoint_bytes_freed", 0))
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    write_jsonl(out / "answers.jsonl", _answers(test, base_answers, tuned_answers))
-    write_report(out, metrics, sample_table(test, base_answers, tuned_answers), history,
-                 models={"base": base_name, "finetuned": "model/"}, title="Fine-tuning report")
-    if cfg.output.push_to_hub: metrics["hub_url"] = push_to_hub(out / "model", cfg.output.push_to_hub)
-    return metrics
+                                      system=cfg.data.system, progress=t.progress)
+    with writing(out):  # from here on a full disk or a read-only folder is one line, not a traceback
+        if state.is_main_process:
+            _open_run_folder(cfg, out, dropped, dss, data)
+            with timed(clock, "base_evaluation_s"):
+                base, base_answers, clock["base_reused"] = baseline_evaluation(model, tokenizer, test,
+                                                                               cfg.eval.reuse_baseline, **opts)
+                base_probe = probe_answers(model, tokenizer, probe, cfg.eval.reuse_baseline, **popts)
+        if adapters: model = add_lora(model, r=lora.r)
+        with timed(clock, "training_s"):  # the checkpoints stay until the model and its report are written
+            stats = finetune(model, tokenizer, dss["train"], dss["validation"] if len(dss["validation"]) else None,
+                             t, remove_checkpoints=False)
+        if not state.is_main_process: return {}
+        clock.update(training_steps_s=stats.get("train_s"), training_evaluations_s=stats.get("eval_s"),
+                     training_checkpoints_s=stats.get("checkpoint_s"))  # the trainer's own split of its time
+        history = stats.pop("history")
+        will_write(out, "loss.png"); plot_losses(history, out / "loss.png")
+        stats["overfitting"] = overfitting_report(history)
+        with timed(clock, "final_evaluation_s"): tuned, tuned_answers = evaluate_model(model, tokenizer, test, **opts)
+        comparison = compare_models(test, base_answers, tuned_answers, seed=t.seed)  # milliseconds: no generation
+        metrics = {"base": base, "finetuned": tuned, "data": data, "train": stats, "comparison": comparison,
+                   "timings": clock}
+        if probe:
+            with timed(clock, "probe_s"): tuned_probe = probe_answers(model, tokenizer, probe, **popts)
+            metrics["probe"] = compare_probe(probe, base_probe, tuned_probe, seed=t.seed)
+        return _save_run(cfg, out, model, tokenizer, metrics, test, base_answers, tuned_answers, history)
 
 # %% ../nbs/04d_job.ipynb #8ecc20ba
 def _load_tokenizer(m: ModelOptions):
@@ -325,9 +476,13 @@ def prepare_job(cfg: RunConfig, # the data, clean, model and output options
                ) -> tuple[dict, list[dict]]:
     "Validate, clean, split and tokenize the data without training; write the report; returns `(summary, rows)`."
     splits, rows, data = load_data(cfg)
+    out = Path(cfg.output.output_dir)
+    with writing(out): claim_output(out, resume=True, remove=False)  # a run folder is fine: its report is rewritten
     tokenizer = tokenizer or _load_tokenizer(cfg.model)
     splits, dss, rows, data = tokenize_splits(cfg, splits, rows, data, tokenizer)
-    out = Path(cfg.output.output_dir); out.mkdir(parents=True, exist_ok=True)
-    write_data_report(out, rows, dss, cfg.data.max_length)
-    (out / "data_report.json").write_text(json.dumps(data, indent=2))
+    with writing(out):
+        claim_output(out, resume=True)
+        will_write(out, "dropped.jsonl", "data_report.jsonl", "lengths.png", "data_report.json")
+        write_data_report(out, rows, dss, cfg.data.max_length)
+        (out / "data_report.json").write_text(json.dumps(data, indent=2))
     return data, rows

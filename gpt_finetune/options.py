@@ -4,61 +4,149 @@
 
 # %% ../nbs/01a_options.ipynb #85707693
 from __future__ import annotations
+import math, numbers, os, re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['TRACKERS', 'API_KEY_ENV', 'option', 'Checked', 'TrainConfig', 'DataOptions', 'CleanOptions', 'ModelOptions',
-           'LoraOptions', 'EvalOptions', 'OutputOptions', 'RunConfig', 'write_config', 'ServeConfig', 'SweepGrid']
+__all__ = ['BOOL_WORDS', 'TRACKERS', 'SCHEDULERS', 'SEED_MAX', 'API_KEY_ENV', 'option', 'OptionError', 'option_type',
+           'value_problem', 'parse_bool', 'parse_option', 'Checked', 'TrainConfig', 'renames_problem', 'DataOptions',
+           'CleanOptions', 'ModelOptions', 'LoraOptions', 'EvalOptions', 'OutputOptions', 'RunConfig', 'write_config',
+           'ServeConfig', 'SweepGrid']
 
 # %% ../nbs/01a_options.ipynb #4c8a9ea2
 def option(default, # the field's default value
            help: str, # the option's help text
            choices: tuple | None = None, # the only values allowed
-           flag: str | None = None): # the command-line flag, when not --FIELD-NAME
-    "A dataclass field that also describes its command-line option: help text, allowed values, flag."
-    return field(default=default, metadata={"help": help, "choices": choices, "flag": flag})
+           flag: str | None = None, # the command-line flag, when not --FIELD-NAME
+           at_least: float | None = None, # the smallest number allowed
+           above: float | None = None, # numbers must be greater than this
+           at_most: float | None = None, # the largest number allowed
+           below: float | None = None, # numbers must be smaller than this
+           empty_ok: bool = False, # text may be empty (otherwise empty text is refused)
+           check=None): # a function of a value that says what else is wrong with it, or returns None
+    "A dataclass field that also describes its command-line option: help text, allowed values, range, flag."
+    bounds = {k: v for k, v in dict(at_least=at_least, above=above, at_most=at_most, below=below).items()
+              if v is not None}
+    return field(default=default, metadata={"help": help, "choices": choices, "flag": flag, "bounds": bounds,
+                                            "empty_ok": empty_ok, "check": check})
 
 # %% ../nbs/01a_options.ipynb #73a80eb7
+class OptionError(ValueError):
+    "An option's value has the wrong type, lies outside its range or is not one of its choices."
+
+# %% ../nbs/01a_options.ipynb #33b68ce2
+_OPS = {"at_least": (">=", lambda v, b: v >= b), "above": (">", lambda v, b: v > b),
+        "at_most": ("<=", lambda v, b: v <= b), "below": ("<", lambda v, b: v < b)}
+_WHAT = {bool: "true or false (true/false/yes/no/1/0)", int: "a whole number", float: "a finite number", str: "text"}
+
+def option_type(f) -> type | None:
+    "What the field holds: bool, int, float or str (None for a group of options)."
+    t = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
+    return next((k for k in (bool, int, float, str) if t.split(" |")[0] == k.__name__), None)
+
+def _expected(f) -> str:
+    "The field's type and range in words, e.g. 'a finite number > 0 and <= 1'."
+    bounds = [f"{_OPS[k][0]} {v:g}" if isinstance(v, float) else f"{_OPS[k][0]} {v}"
+              for k, v in (f.metadata.get("bounds") or {}).items()]
+    return " ".join([_WHAT[option_type(f)]] + [" and ".join(bounds)] * bool(bounds))
+
+# %% ../nbs/01a_options.ipynb #c7f05e9c
+def _fits(kind: type, value, bounds: dict) -> bool:
+    "Whether `value` is a `kind` (a bool is no number) and, if a number, finite and within `bounds`."
+    if kind in (bool, str): return isinstance(value, kind)
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral if kind is int else numbers.Real): return False
+    finite = kind is int or math.isfinite(value)  # (a 400-digit int overflows a float: no isfinite for ints)
+    return finite and all(_OPS[k][1](value, b) for k, b in bounds.items())
+
+def value_problem(f, # a field made by `option`
+                  value, # the value it would take
+                 ) -> str | None:
+    "Why `value` cannot be field `f`'s value (type, finiteness, range, choices), or None when it can."
+    kind, meta, allowed = option_type(f), f.metadata, f.metadata.get("choices")
+    if kind is None or (value is None and f.default is None): return None
+    if not _fits(kind, value, meta.get("bounds") or {}):
+        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:40] + "..."
+        return f"must be {_expected(f)}, got {shown}"
+    if kind is str and "\x00" in value: return "must not contain a NUL character"
+    if kind is str and not value.strip() and not meta.get("empty_ok"): return "must not be empty"
+    if allowed and value not in allowed: return f"{value!r} is not one of {', '.join(map(str, allowed))}"
+    return meta["check"](value) if meta.get("check") else None
+
+# %% ../nbs/01a_options.ipynb #74b55e04
+BOOL_WORDS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
+
+def parse_bool(text: str, # e.g. "yes", "False", "0"
+              ) -> bool:
+    "The switch `text` stands for: true/false, yes/no or 1/0 in any case; anything else raises `OptionError`."
+    value = BOOL_WORDS.get(str(text).strip().lower())
+    if value is None: raise OptionError(f"must be {_WHAT[bool]}, got {str(text)[:40]!r}")
+    return value
+
+# %% ../nbs/01a_options.ipynb #91c5e6d3
+def parse_option(f, # a field made by `option`
+                 text: str, # the value as typed on a command line or written in a config file
+                ):
+    "Field `f`'s value from `text`, checked: raises `OptionError` with what the field expects."
+    kind = option_type(f)
+    if kind is bool: return parse_bool(text)
+    if kind in (int, float):
+        try: text = kind(text.strip())
+        except ValueError: raise OptionError(f"must be {_expected(f)}, got {text[:40]!r}") from None
+    problem = value_problem(f, text)
+    if problem: raise OptionError(problem)
+    return text
+
+# %% ../nbs/01a_options.ipynb #be231acd
 class Checked:
-    "Base of the options dataclasses: a value outside a field's `choices` is refused when the object is built."
+    "Base of the options dataclasses: each field's type, range and choices are checked when the object is built."
     def __post_init__(self):
         for f in fields(self):
-            allowed, value = f.metadata.get("choices"), getattr(self, f.name)
-            if allowed and value not in allowed and not (value is None and f.default is None):
-                raise ValueError(f"{type(self).__name__}.{f.name}: {value!r} is not one of "
-                                 f"{', '.join(map(str, allowed))}")
+            value = getattr(self, f.name)
+            if isinstance(value, os.PathLike) and option_type(f) is str:  # a path is taken as its text
+                setattr(self, f.name, value := os.fspath(value))
+            problem = value_problem(f, value)
+            if problem: raise OptionError(f"{type(self).__name__}.{f.name}: {problem}")
 
 # %% ../nbs/01a_options.ipynb #883ee570
 TRACKERS = ("none", "tensorboard", "trackio", "wandb", "mlflow")  # where `report_to` may send the trainer's logs
 
 # %% ../nbs/01a_options.ipynb #c5ce69f6
+SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+              "inverse_sqrt")  # transformers' schedules that need no settings beyond warmup and step count
+SEED_MAX = 2**32 - 1  # numpy's seeds stop here
+
 @dataclass
 class TrainConfig(Checked):
     "How to fine-tune: every field has a default a beginner can trust."
     output_dir: str = option("outputs/train", "the trainer's folder: checkpoints, run id, step log, loss plot")
     epochs: float = option(2.0, "passes over the training split; on a few hundred pairs "
-                           "a third epoch starts memorizing")
-    learning_rate: float = option(5e-5, "peak learning rate; full fine-tuning of a ~100M model likes 2e-5..1e-4")
-    batch_size: int = option(8, "examples per batch, packed into one row (0: as many as memory allows, up to 16)")
-    grad_accum: int = option(1, "batches per optimizer step; the loss stays exact (normalized by answer tokens)")
-    warmup: float = option(0.1, "share of steps spent warming the learning rate up from 0")
-    scheduler: str = option("cosine", "learning-rate schedule after warmup (any transformers scheduler name)")
-    weight_decay: float = option(0.0, "AdamW weight decay; small data rarely needs it")
+                           "a third epoch starts memorizing", above=0, at_most=10_000)
+    learning_rate: float = option(5e-5, "peak learning rate; full fine-tuning of a ~100M model likes 2e-5..1e-4",
+                                  above=0, at_most=1)
+    batch_size: int = option(8, "examples per batch, packed into one row (0: as many as memory allows, up to 16)",
+                             at_least=0, at_most=65_536)
+    grad_accum: int = option(1, "batches per optimizer step; the loss stays exact (normalized by answer tokens)",
+                             at_least=1, at_most=65_536)
+    warmup: float = option(0.1, "share of steps spent warming the learning rate up from 0", at_least=0, at_most=1)
+    scheduler: str = option("cosine", "learning-rate schedule after warmup", SCHEDULERS)
+    weight_decay: float = option(0.0, "AdamW weight decay; small data rarely needs it", at_least=0, at_most=1)
     early_stopping: int = option(3, "stop after this many evaluations without a better validation loss and restore "
-                                 "the best weights, kept in memory (0: off)")
-    eval_every: int = option(20, "steps between validation-loss evaluations (0: none during training)")
-    log_every: int = option(5, "steps between training-loss log lines")
+                                 "the best weights, kept in memory (0: off)", at_least=0, at_most=1_000_000)
+    eval_every: int = option(20, "steps between validation-loss evaluations (0: none during training)",
+                             at_least=0, at_most=10**9)
+    log_every: int = option(5, "steps between training-loss log lines", at_least=1, at_most=10**9)
     precision: str = option("auto", "auto picks the fastest safe one for the hardware",
                             ("auto", "bf16", "fp16", "fp32"))
     device: str = option("auto", "auto picks the fastest present", ("auto", "cuda", "mps", "cpu"))
     gradient_checkpointing: bool = option(False, "recompute activations in the backward pass: less memory, "
                                           "~30% more compute")
     progress: bool = option(True, "show a progress bar")
-    seed: int = option(42, "same seed, same split, same data order, same run")
+    seed: int = option(42, "same seed, same split, same data order, same run", at_least=0, at_most=SEED_MAX)
     save_every: int = option(100, "steps between checkpoints for resuming a killed run, in the trainer's folder "
-                             "(a run's: OUTPUT_DIR/checkpoints; 0: none)")
-    save_limit: int = option(2, "checkpoints kept while training; older ones are deleted")
+                             "(a run's: OUTPUT_DIR/checkpoints; 0: none)", at_least=0, at_most=10**9)
+    save_limit: int = option(2, "checkpoints kept while training; older ones are deleted (0: all)",
+                             at_least=0, at_most=1_000_000)
     keep_checkpoints: bool = option(False, "keep the checkpoints after a successful run instead of removing them "
                                     "(a run's: OUTPUT_DIR/checkpoints)")
     resume: bool = option(False, "continue from the last complete checkpoint in the trainer's folder (a run's: "
@@ -68,6 +156,21 @@ class TrainConfig(Checked):
                                ("auto", "on", "off"))
     report_to: str = option("none", "experiment tracker the trainer logs to; its files go in the trainer's folder "
                             "(a run's: OUTPUT_DIR/checkpoints)", TRACKERS)
+    fsdp: bool = option(False, "with several processes (torchrun, accelerate launch): shard weights, gradients and "
+                        "optimizer state across them (FSDP2) instead of a full copy in each")
+
+# %% ../nbs/01a_options.ipynb #7041755d
+def renames_problem(text: str, # e.g. "question=input,answer=output"
+                   ) -> str | None:
+    "Why `text` is not a list of field renames `old=new,...`, or None."
+    pairs = [p.split("=", 1) for p in text.split(",")]
+    if all(len(p) == 2 and all(x.strip() for x in p) for p in pairs): return None
+    return f"must look like question=input,answer=output, got {text[:40]!r}"
+
+def _repo_problem(text: str) -> str | None:
+    "Why `text` is not a Hub repository id `user/name`, or None."
+    if re.fullmatch(r"[\w.-]+/[\w.-]+", text): return None
+    return f"must be a Hub repository id like user/name, got {text[:40]!r}"
 
 # %% ../nbs/01a_options.ipynb #6e9f9f52
 @dataclass
@@ -78,22 +181,31 @@ class DataOptions(Checked):
                               "(default: the bundled chatterbot sample)", flag="--data")
     valid_data: str | None = option(None, "a separate validation file (default: split off --data)")
     test_data: str | None = option(None, "a separate test file (default: split off --data)")
-    fields: str | None = option(None, "rename fields before reading, e.g. question=input,answer=output")
+    fields: str | None = option(None, "rename fields before reading, e.g. question=input,answer=output",
+                                check=renames_problem)
     strict: bool = option(False, "stop on any invalid record instead of dropping and reporting it")
-    valid_frac: float = option(0.1, "share of records held out for validation during training")
-    test_frac: float = option(0.1, "share of records held out for the before/after test")
-    max_length: int = option(512, "longest example in tokens; see --too-long")
+    valid_frac: float = option(0.1, "share of records held out for validation during training", at_least=0, below=1)
+    test_frac: float = option(0.1, "share of records held out for the before/after test", at_least=0, below=1)
+    max_length: int = option(512, "longest example in tokens; see --too-long", at_least=1, at_most=1_048_576)
     too_long: str = option("drop", "what happens to records over --max-length tokens", ("drop", "truncate", "error"))
-    system: str | None = option(None, "system prompt for chat models (default: the template's own)")
+    system: str | None = option(None, "system prompt for chat models (default: the template's own)", empty_ok=True)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.valid_frac + self.test_frac >= 1:  # nothing would be left to train on
+            raise OptionError(f"DataOptions: valid_frac + test_frac must be below 1, got {self.valid_frac:g} + "
+                              f"{self.test_frac:g}")
 
 # %% ../nbs/01a_options.ipynb #be2095a1
 @dataclass
 class CleanOptions(Checked):
     "What cleaning removes; every removal is reported (see 00b_clean)."
-    near_dup: float = option(0.8, "MinHash similarity at or above which records are near duplicates (0: off)")
+    near_dup: float = option(0.8, "MinHash similarity at or above which records are near duplicates (0: off)",
+                             at_least=0, at_most=1)
     conflicts: str = option("keep", "same input, different outputs: report only, keep the first, or drop them all",
                             ("keep", "first", "drop"))
-    min_output_chars: int = option(1, "answers shorter than this are dropped as too short")
+    min_output_chars: int = option(1, "answers shorter than this are dropped as too short", at_least=0,
+                                   at_most=1_000_000)
     leakage: str = option("remove", "validation/test records that repeat training records", ("remove", "keep"))
 
 # %% ../nbs/01a_options.ipynb #0d1bfb48
@@ -112,7 +224,7 @@ class LoraOptions(Checked):
     "Train small adapter matrices instead of all weights (LoRA), optionally on 4- or 8-bit frozen weights (QLoRA)."
     enabled: bool = option(False, "train LoRA adapters instead of all weights (merged when saved, see --adapter-only)",
                            flag="--lora")
-    r: int = option(8, "LoRA rank", flag="--lora-r")
+    r: int = option(8, "LoRA rank", flag="--lora-r", at_least=1, at_most=4096)
     quantize: int | None = option(None, "load the frozen weights in 4 or 8 bits and train LoRA on them (QLoRA; CUDA "
                                   "only)", (4, 8))
 
@@ -120,10 +232,14 @@ class LoraOptions(Checked):
 @dataclass
 class EvalOptions(Checked):
     "How the models answer the test questions."
-    max_new_tokens: int = option(48, "longest generated answer during evaluation")
-    eval_batch_size: int = option(64, "questions generated together in evaluation: more rows share each weight read")
+    max_new_tokens: int = option(48, "longest generated answer during evaluation", at_least=1, at_most=1_000_000)
+    eval_batch_size: int = option(64, "questions generated together in evaluation: more rows share each weight read",
+                                  at_least=1, at_most=65_536)
     reuse_baseline: bool = option(True, "reuse the base model's scored answers when the same model, test records and "
                                   "settings were evaluated before (cached in the user cache folder)")
+    probe: str = option("default", "general-knowledge questions asked before and after fine-tuning, to count what "
+                        "it broke: 'default' (the shipped set), 'none', or a file in any format run reads, with "
+                        "accept lists")
 
 # %% ../nbs/01a_options.ipynb #7ee33aec
 @dataclass
@@ -131,10 +247,11 @@ class OutputOptions(Checked):
     "Where the run's files go, and what is kept."
     output_dir: str = option("outputs/run", "the run's folder: model/, config.yaml, metrics.json, report.md, "
                              "answers.jsonl, the data report and plots; checkpoints in OUTPUT_DIR/checkpoints/")
-    overwrite: bool = option(False, "replace the files of an earlier run in OUTPUT_DIR (without it, such a folder is "
-                             "refused)")
+    overwrite: bool = option(False, "replace the files an earlier run in OUTPUT_DIR listed in its "
+                             "gpt-finetune-run.json, nothing else (without it, such a folder is refused)")
     adapter_only: bool = option(False, "with --lora: save only the adapter (megabytes) instead of merged full weights")
-    push_to_hub: str | None = option(None, "also upload model/ to this Hub repository, user/name (token: $HF_TOKEN)")
+    push_to_hub: str | None = option(None, "also upload model/ to this Hub repository, user/name (token: $HF_TOKEN)",
+                                     check=_repo_problem)
 
 # %% ../nbs/01a_options.ipynb #fbdbe20c
 @dataclass
@@ -163,29 +280,53 @@ API_KEY_ENV = "GPT_FINETUNE_API_KEY"  # where the server looks for its API key w
 class ServeConfig(Checked):
     "How to serve a model: where to listen, who may call, and the limits that keep the server up under load."
     host: str = option("127.0.0.1", "address to bind; 0.0.0.0 exposes the server to the network (set an API key then)")
-    port: int = option(8000, "TCP port to listen on")
+    port: int = option(8000, "TCP port to listen on", at_least=1, at_most=65_535)
     name: str | None = option(None, "model id that clients send (default: the model folder's name)")
     api_key: str | None = option(None, f"key that clients must send as 'Authorization: Bearer KEY' on every route "
                                  f"but /health (default: the {API_KEY_ENV} environment variable, hidden from ps)")
-    max_tokens_cap: int = option(512, "the most new tokens one request may ask for")
-    max_input_tokens: int = option(4096, "the longest prompt accepted, in tokens (the model's context caps it too)")
-    max_batch: int = option(16, "the most requests generated together in one batch")
-    max_batch_tokens: int = option(16384, "token budget of one batch: rows x (longest prompt + largest max_tokens)")
-    window_ms: float = option(50.0, "how long a request waits for others to join its batch, in milliseconds")
-    max_queue: int = option(64, "requests waiting for the model beyond this get 429 with a Retry-After header")
-    max_body_bytes: int = option(1_000_000, "request bodies larger than this get 413 (the bytes received are counted)")
+    max_tokens_cap: int = option(512, "the most new tokens one request may ask for", at_least=1, at_most=1_048_576)
+    max_input_tokens: int = option(4096, "the longest prompt accepted, in tokens (the model's context caps it too)",
+                                   at_least=1, at_most=1_048_576)
+    max_batch: int = option(16, "the most requests generated together in one batch", at_least=1, at_most=4096)
+    max_batch_tokens: int = option(16384, "token budget of one batch: rows x (longest prompt + largest max_tokens)",
+                                   at_least=1, at_most=2**31 - 1)
+    window_ms: float = option(50.0, "how long a request waits for others to join its batch, in milliseconds",
+                              at_least=0, at_most=60_000)
+    max_queue: int = option(64, "requests waiting for the model beyond this get 429 with a Retry-After header",
+                            at_least=1, at_most=1_000_000)
+    max_body_bytes: int = option(1_000_000, "request bodies larger than this get 413 (the bytes received are counted)",
+                                 at_least=1, at_most=2**31 - 1)
+    timeout_keep_alive: float = option(5.0, "seconds an idle keep-alive connection stays open", above=0,
+                                       at_most=86_400)
+    read_timeout: float = option(30.0, "seconds a client may take to send a request's headers and body", above=0,
+                                 at_most=86_400)
+    limit_concurrency: int = option(512, "the most connections at once; more get 503", at_least=1,
+                                    at_most=1_000_000)
 
-    def __post_init__(self):
-        super().__post_init__()
-        limits = ("max_tokens_cap", "max_input_tokens", "max_batch", "max_batch_tokens", "max_queue", "max_body_bytes")
-        small = [k for k in limits if getattr(self, k) < 1] + (["window_ms"] if self.window_ms < 0 else [])
-        if small: raise ValueError(f"ServeConfig: {', '.join(small)} must be positive")
+# %% ../nbs/01a_options.ipynb #851838c5
+def _grid_problem(text: str, # comma-separated values, e.g. "5e-5,2e-4"
+                  f, # the field each value is for, e.g. `TrainConfig.learning_rate`'s
+                  zero_ok: bool = False, # 0 is allowed too (a LoRA rank of 0: train all weights)
+                 ) -> str | None:
+    "Why `text` is not a comma-separated list of values of field `f`, or None."
+    values = [v for v in text.split(",") if v.strip()]
+    if not values: return "must list at least one value"
+    for v in values:
+        if zero_ok and v.strip() == "0": continue
+        try: parse_option(f, v)
+        except OptionError as e: return f"each value {e}"
+    return None
 
 # %% ../nbs/01a_options.ipynb #77edf71d
+_TRAIN, _LORA = ({f.name: f for f in fields(c)} for c in (TrainConfig, LoraOptions))
+
 @dataclass
 class SweepGrid(Checked):
     "The settings a sweep tries: comma-separated values, every combination (or `samples` of them at random)."
-    lr_grid: str = option("5e-5,2e-4", "learning rates to try")
-    epochs_grid: str = option("1,2", "epoch counts to try")
-    lora_r_grid: str = option("0,8", "LoRA ranks to try (0: train all weights)")
-    samples: int = option(0, "combinations to draw at random from the grid (0: all of them)")
+    lr_grid: str = option("5e-5,2e-4", "learning rates to try",
+                          check=lambda v: _grid_problem(v, _TRAIN["learning_rate"]))
+    epochs_grid: str = option("1,2", "epoch counts to try", check=lambda v: _grid_problem(v, _TRAIN["epochs"]))
+    lora_r_grid: str = option("0,8", "LoRA ranks to try (0: train all weights)",
+                              check=lambda v: _grid_problem(v, _LORA["r"], zero_ok=True))
+    samples: int = option(0, "combinations to draw at random from the grid (0: all of them)", at_least=0,
+                          at_most=1_000_000)

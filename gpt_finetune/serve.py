@@ -4,29 +4,31 @@
 
 # %% ../nbs/04b_serve.ipynb #85f4a06a
 from __future__ import annotations
-import asyncio, json, logging, secrets, socket, sys, threading, time
+import asyncio, functools, json, logging, re, secrets, socket, sys, threading, time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
-import uvicorn
+import h11, uvicorn
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from .data import encode_prompts, render_chat
+from .decoding import ShapeError, make_shaper
 from .deploy import load_for_inference
 from .generation import Detokenizer
 from .options import API_KEY_ENV, ServeConfig
 from .worker import (BaseRequest, BatchWorker, ChatRequest, CompletionRequest, Finish, Job, QueueFull,
-                                 WorkerStopped, api_key_of, request_id)
+                                 WorkerStopped, api_key_of, describe_errors, request_id)
 
 # %% auto #0
-__all__ = ['router', 'APIError', 'error_response', 'Served', 'make_job', 'start_job', 'complete', 'usage', 'sse_stream', 'health',
-           'list_models', 'chat_completions', 'completions', 'Guard', 'create_app', 'free_port', 'BackgroundServer',
-           'serve']
+__all__ = ['router', 'APIError', 'error_response', 'Served', 'make_job', 'start_job', 'complete', 'usage', 'token_bytes',
+           'Logprobs', 'within', 'sse_stream', 'health', 'list_models', 'chat_completions', 'completions', 'Guard',
+           'TimedH11Protocol', 'uvicorn_config', 'create_app', 'free_port', 'BackgroundServer', 'serve']
 
 # %% ../nbs/04b_serve.ipynb #1cd6eeb0
 _log = logging.getLogger("gpt_finetune.serve")
@@ -44,7 +46,8 @@ class APIError(Exception):
                 ):
         super().__init__(message)
         self.status, self.headers = status, headers
-        self.body = {"error": {"message": message, "type": type, "param": param, "code": code}}
+        text = lambda s: s and s.encode("utf-8", "replace").decode()  # whatever it quotes, the body must encode
+        self.body = {"error": {"message": text(message), "type": type, "param": text(param), "code": code}}
 
 # %% ../nbs/04b_serve.ipynb #251d5861
 def error_response(e: APIError, # the refusal to send
@@ -67,34 +70,45 @@ class Served:
 
 # %% ../nbs/04b_serve.ipynb #a51f100b
 def _token_limit(served: Served, req: BaseRequest, prompt_tokens: int, param: str) -> int:
+    name = "max_completion_tokens" if req.max_completion_tokens else "max_tokens"  # the field the client sent
     asked, cap = req.max_completion_tokens or req.max_tokens, served.cfg.max_tokens_cap
     room = served.worker.context - prompt_tokens
     if asked and asked > cap:
-        raise APIError(400, f"max_tokens is {asked}, above this server's cap of {cap}", "max_tokens",
-                       "max_tokens_too_large")
+        raise APIError(400, f"{name}: {asked} is above this server's cap of {cap}", name, "max_tokens_too_large")
     limit = asked or min(served.model.generation_config.max_new_tokens or 128, cap, room)
     if room < 1 or limit > room:
         raise APIError(400, f"This model's context is {prompt_tokens + room} tokens; the prompt has {prompt_tokens} "
                             f"and {limit} more were asked for", param, "context_length_exceeded")
     return limit
 
+# %% ../nbs/04b_serve.ipynb #b2c0ca01
+def _shaper(served: Served, req: BaseRequest):
+    "The request's shaper (None if it changes no scores); what `make_shaper` cannot honour becomes a 400."
+    if not (shaping := req.shaping()): return None
+    try: return make_shaper(served.tokenizer, **shaping)
+    except ShapeError as e:
+        param = getattr(e, "param", None) or "response_format"
+        raise APIError(400, str(e) if str(e).startswith(param) else f"{param}: {e}", param, "invalid_value") from None
+
 # %% ../nbs/04b_serve.ipynb #17eed74c
 def make_job(served: Served, # the app's model, worker and limits
              req: BaseRequest, # the parsed request body
              prompt: str, # the rendered prompt
              param: str, # the request field the prompt came from, named in errors
-             deliver: Callable, # called from the worker thread with each token id, then a `Finish`
+             deliver: Callable, # called from the worker thread with each (token id, info), then a `Finish`
             ) -> Job:
-    "Check a request against the model and the server's limits and turn it into a `Job`."
+    "Check a request against the model and the server's limits and turn it into a `Job` (slow: call it in a thread)."
     if req.model != served.name:
-        raise APIError(404, f"The model '{req.model}' does not exist; this server serves '{served.name}'", "model",
-                       "model_not_found")
+        raise APIError(404, f"The model '{req.model[:100]}' does not exist; this server serves '{served.name}'",
+                       "model", "model_not_found")
     ids, most = encode_prompts(served.tokenizer, [prompt])[0], served.cfg.max_input_tokens
+    if not ids: raise APIError(400, f"{param}: the prompt is empty; nothing to continue", param, "empty_prompt")
     if len(ids) > most:
         raise APIError(400, f"The prompt has {len(ids)} tokens, above this server's limit of {most}", param,
                        "context_length_exceeded")
     limit = _token_limit(served, req, len(ids), param)
-    return Job(ids, limit, deliver, req.temperature or 0.0, req.top_p, req.seed, req.stop or [])
+    return Job(ids, limit, deliver, req.temperature or 0.0, req.top_p or 1.0, req.seed, req.stop or [],
+               req.logprob_k(), req.shaping(), _shaper(served, req))
 
 # %% ../nbs/04b_serve.ipynb #29618819
 class _Connection:
@@ -120,15 +134,16 @@ def _queue(served: Served, job: Job):
                        {"Retry-After": "5"})
 
 # %% ../nbs/04b_serve.ipynb #fa66cc33
-def start_job(served: Served, # the app's model, worker and limits
-              req: BaseRequest, # the parsed request body
-              prompt: str, # the rendered prompt
-              param: str, # the request field the prompt came from, named in errors
-              request: Request, # the HTTP request; its client disconnecting cancels the job
-             ) -> tuple[Job, asyncio.Queue]:
-    "Check and queue a request's job; returns it and the queue its tokens and `Finish` arrive on."
+async def start_job(served: Served, # the app's model, worker and limits
+                    req: BaseRequest, # the parsed request body
+                    prompt: str, # the rendered prompt
+                    param: str, # the request field the prompt came from, named in errors
+                    request: Request, # the HTTP request; its client disconnecting cancels the job
+                   ) -> tuple[Job, asyncio.Queue]:
+    "Check and queue a request's job (built in a thread); returns it and the queue its tokens and `Finish` arrive on."
     events, loop = asyncio.Queue(), asyncio.get_running_loop()
-    job = make_job(served, req, prompt, param, lambda item: loop.call_soon_threadsafe(events.put_nowait, item))
+    deliver = lambda item: loop.call_soon_threadsafe(events.put_nowait, item)
+    job = await asyncio.to_thread(make_job, served, req, prompt, param, deliver)
     _queue(served, job)
     def gone():
         job.cancelled = True
@@ -150,11 +165,12 @@ def _failure(finish: Finish, job: Job) -> APIError | None:
 # %% ../nbs/04b_serve.ipynb #cb9885d6
 async def complete(job: Job, # a queued job
                    events: asyncio.Queue, # where its tokens and `Finish` arrive (from `start_job`)
-                  ) -> Finish:
-    "Wait for a job's `Finish`, which carries its whole answer; raise its `APIError` if it has none."
-    while not isinstance(item := await events.get(), Finish): pass
+                  ) -> tuple[Finish, list[tuple]]:
+    "Wait for a job's `Finish`, which carries its whole answer; returns it and the `(token id, info)` pairs."
+    tokens = []
+    while not isinstance(item := await events.get(), Finish): tokens.append(item)
     if error := _failure(item, job): raise error
-    return item
+    return item, tokens
 
 # %% ../nbs/04b_serve.ipynb #e7d7c8ba
 def usage(job: Job, # the job, for its prompt's length
@@ -165,6 +181,68 @@ def usage(job: Job, # the job, for its prompt's length
     done = finish.completion_tokens
     return {"prompt_tokens": n, "completion_tokens": done, "total_tokens": n + done}
 
+# %% ../nbs/04b_serve.ipynb #b2c0ca03
+def _byte_alphabet() -> dict[str, int]:
+    "GPT-2's byte-level alphabet: the printable character that stands for each byte in a token's text."
+    keep = [*range(33, 127), *range(161, 173), *range(174, 256)]
+    rest = [b for b in range(256) if b not in keep]
+    return {chr(b): b for b in keep} | {chr(256 + k): b for k, b in enumerate(rest)}
+
+_BYTES = _byte_alphabet()
+
+# %% ../nbs/04b_serve.ipynb #b2c0ca04
+@functools.lru_cache(maxsize=1 << 16)
+def token_bytes(tokenizer, # a tokenizer: byte-level BPE (GPT-2, Llama 3, SmolLM), SentencePiece, or other
+                token_id: int, # one token id
+               ) -> bytes:
+    "The bytes a token stands for: exact for byte-level and byte-fallback vocabularies, else its text in UTF-8."
+    piece = tokenizer.convert_ids_to_tokens(token_id) or ""
+    decoder = type(getattr(getattr(tokenizer, "backend_tokenizer", None), "decoder", None)).__name__
+    if decoder == "ByteLevel" and all(c in _BYTES for c in piece): return bytes(_BYTES[c] for c in piece)
+    if m := re.fullmatch(r"<0x([0-9A-Fa-f]{2})>", piece): return bytes([int(m[1], 16)])
+    return piece.replace("\u2581", " ").encode()
+
+# %% ../nbs/04b_serve.ipynb #b2c0ca05
+def _lp(x: float) -> float: return max(float(x), -9999.0)  # -inf is not JSON
+
+class Logprobs:
+    "Writes OpenAI's `logprobs` object for an answer's tokens, a piece at a time (a stream) or all at once."
+    def __init__(self,
+                 tokenizer, # gives each token's bytes and text
+                 chat: bool, # chat's `content` list, else completions' four lists
+                 start: int = 0, # completions: the text offset of the answer's first token (the prompt's length)
+                ):
+        self.tok, self.chat, self.start, self.ids = tokenizer, chat, start, []
+
+    def _text(self, t: int) -> str: return token_bytes(self.tok, t).decode("utf-8", "replace")
+
+    def __call__(self, tokens: list[tuple[int, dict]], # (token id, info) pairs that follow those of earlier calls
+                ) -> dict:
+        "The `logprobs` object for `tokens`."
+        entry = lambda t, lp: {"token": self._text(t), "logprob": _lp(lp), "bytes": list(token_bytes(self.tok, t))}
+        if self.chat:
+            return {"content": [{**entry(t, i["logprob"]), "top_logprobs": [entry(a, lp) for a, lp in i["top"]]}
+                                for t, i in tokens], "refusal": None}
+        out = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+        for t, i in tokens:
+            out["text_offset"].append(self.start + len(self.tok.decode(self.ids, skip_special_tokens=True)))
+            self.ids.append(t)
+            top = {self._text(a): _lp(lp) for a, lp in i["top"]}
+            top.setdefault(self._text(t), _lp(i["logprob"]))  # OpenAI: the chosen token is always among them
+            out["tokens"].append(self._text(t)); out["token_logprobs"].append(_lp(i["logprob"]))
+            out["top_logprobs"].append(top)
+        return out
+
+# %% ../nbs/04b_serve.ipynb #b2c0ca06
+def within(tokenizer, # decodes the ids
+           ids: list[int], # an answer's token ids, in order
+           text: str, # the answer's text, perhaps cut before a stop string
+          ) -> int:
+    "How many of `ids` the text shows: all of them, unless a stop string cut the text short."
+    decode = lambda k: tokenizer.decode(ids[:k], skip_special_tokens=True)
+    if decode(len(ids)) == text: return len(ids)
+    return next((k for k in range(len(ids)) if len(decode(k)) >= len(text)), len(ids))
+
 # %% ../nbs/04b_serve.ipynb #65dcb1e3
 def _sse(obj) -> str: return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
 
@@ -173,21 +251,25 @@ async def sse_stream(job: Job, # a queued job
                      events: asyncio.Queue, # where its tokens and `Finish` arrive (from `start_job`)
                      tokenizer, # decodes the tokens into text
                      head: dict, # fields every chunk starts with: id, object, created, model
-                     choice: Callable, # (text, finish_reason or None) -> one entry of a chunk's `choices`
+                     choice: Callable, # (text, finish_reason or None, its (token, info) pairs) -> a `choices` entry
                      first: list[dict] = (), # choices sent before any text, each in a chunk of its own
                      include_usage: bool = False, # end with a chunk of token counts
                     ):
     "Server-sent events: a chunk per piece of text, one with the finish (or an error), usage if asked, then `[DONE]`."
-    detok, sent = Detokenizer(tokenizer, job.stop), ""
+    detok, sent, ids, pending = Detokenizer(tokenizer, job.stop), "", [], []
     try:
         for c in first: yield _sse({**head, "choices": [c]})
         while not isinstance(item := await events.get(), Finish):
-            if piece := detok.push(item):
+            ids.append(item[0]); pending.append(item)  # a piece's tokens go with it, once the piece is certain
+            if piece := detok.push(item[0]):
                 sent += piece
-                yield _sse({**head, "choices": [choice(piece, None)]})
+                yield _sse({**head, "choices": [choice(piece, None, pending)]})
+                pending = []
         if error := _failure(item, job): yield _sse(error.body)
         else:
-            yield _sse({**head, "choices": [choice(item.text[len(sent):], item.reason)]})
+            if job.logprobs is not None:  # of the tokens not yet shown, those the (perhaps cut) text holds
+                pending = pending[:max(within(tokenizer, ids, item.text) - (len(ids) - len(pending)), 0)]
+            yield _sse({**head, "choices": [choice(item.text[len(sent):], item.reason, pending)]})
             if include_usage: yield _sse({**head, "choices": [], "usage": usage(job, item)})
         yield "data: [DONE]\n\n"
     finally: job.cancelled = True  # a no-op for a finished job; stops the row of a stream closed early
@@ -200,6 +282,11 @@ def _head(job: Job, served: Served, kind: str, prefix: str) -> dict:
     return {"id": f"{prefix}-{job.id}", "object": kind, "created": int(time.time()), "model": served.name}
 
 def _include_usage(req: BaseRequest) -> bool: return bool((req.stream_options or {}).get("include_usage"))
+
+def _logprobs(job: Job, tokenizer, chat: bool, start: int = 0) -> Callable:
+    "tokens -> the `logprobs` field of a choice: OpenAI's object if the request asked for it, else None."
+    write = Logprobs(tokenizer, chat, start) if job.logprobs is not None else None
+    return lambda tokens: write(tokens) if write else None
 
 # %% ../nbs/04b_serve.ipynb #949925f6
 @router.get("/health")
@@ -223,8 +310,8 @@ async def list_models(request: Request, # the HTTP request; its app holds the `S
     return {"object": "list", "data": [model]}
 
 # %% ../nbs/04b_serve.ipynb #8221fa58
-def _chat_delta(text: str, finish: str | None) -> dict:
-    return {"index": 0, "delta": {"content": text} if text else {}, "logprobs": None, "finish_reason": finish}
+def _chat_delta(text: str, finish: str | None, logprobs: dict | None = None) -> dict:
+    return {"index": 0, "delta": {"content": text} if text else {}, "logprobs": logprobs, "finish_reason": finish}
 
 @router.post("/v1/chat/completions")
 async def chat_completions(req: ChatRequest, # the request body: messages, limits, sampling, streaming
@@ -232,22 +319,25 @@ async def chat_completions(req: ChatRequest, # the request body: messages, limit
                           ):
     "The assistant's next message for `messages`, rendered with the training template; whole, or streamed."
     served = request.app.state.served
-    prompt = render_chat(served.tokenizer, [m.turn() for m in req.messages])
-    job, events = start_job(served, req, prompt, "messages", request)
-    head = _head(job, served, "chat.completion", "chatcmpl")
+    prompt = await asyncio.to_thread(render_chat, served.tokenizer, [m.turn() for m in req.messages])
+    job, events = await start_job(served, req, prompt, "messages", request)
+    head, logprobs = _head(job, served, "chat.completion", "chatcmpl"), _logprobs(job, served.tokenizer, chat=True)
     if req.stream:
         first = [{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}]
         head = {**head, "object": "chat.completion.chunk"}
-        chunks = sse_stream(job, events, served.tokenizer, head, _chat_delta, first, _include_usage(req))
+        choice = lambda text, finish, tokens: _chat_delta(text, finish, logprobs(tokens))
+        chunks = sse_stream(job, events, served.tokenizer, head, choice, first, _include_usage(req))
         return StreamingResponse(chunks, media_type="text/event-stream")
-    finish = await complete(job, events)
+    finish, tokens = await complete(job, events)
+    ids = [t for t, _ in tokens]
+    shown = tokens[:within(served.tokenizer, ids, finish.text)] if job.logprobs is not None else []
     message = {"role": "assistant", "content": finish.text}
-    return {**head, "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish.reason}],
-            "usage": usage(job, finish)}
+    choice = {"index": 0, "message": message, "logprobs": logprobs(shown), "finish_reason": finish.reason}
+    return {**head, "choices": [choice], "usage": usage(job, finish)}
 
 # %% ../nbs/04b_serve.ipynb #50151b88
-def _text_choice(text: str, finish: str | None) -> dict:
-    return {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
+def _text_choice(text: str, finish: str | None, logprobs: dict | None = None) -> dict:
+    return {"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish}
 
 @router.post("/v1/completions")
 async def completions(req: CompletionRequest, # the request body: prompt, limits, sampling, streaming
@@ -255,22 +345,24 @@ async def completions(req: CompletionRequest, # the request body: prompt, limits
                      ):
     "The continuation of `prompt` as raw text (no chat template); whole, or streamed."
     served = request.app.state.served
-    job, events = start_job(served, req, req.prompt, "prompt", request)
+    job, events = await start_job(served, req, req.prompt, "prompt", request)
     head = _head(job, served, "text_completion", "cmpl")
+    logprobs = _logprobs(job, served.tokenizer, chat=False, start=len(req.prompt))  # offsets count the prompt
+    choice = lambda text, finish, tokens: _text_choice(text, finish, logprobs(tokens))
     if req.stream:
-        chunks = sse_stream(job, events, served.tokenizer, head, _text_choice, include_usage=_include_usage(req))
+        chunks = sse_stream(job, events, served.tokenizer, head, choice, include_usage=_include_usage(req))
         return StreamingResponse(chunks, media_type="text/event-stream")
-    finish = await complete(job, events)
-    return {**head, "choices": [_text_choice(finish.text, finish.reason)], "usage": usage(job, finish)}
+    finish, tokens = await complete(job, events)
+    ids = [t for t, _ in tokens]
+    shown = tokens[:within(served.tokenizer, ids, finish.text)] if job.logprobs is not None else []
+    return {**head, "choices": [choice(finish.text, finish.reason, shown)], "usage": usage(job, finish)}
 
 # %% ../nbs/04b_serve.ipynb #19cf1f95
 async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-    first, more = exc.errors()[0], len(exc.errors()) - 1
-    if first["type"] == "json_invalid":
+    if exc.errors()[0]["type"] == "json_invalid":
         return error_response(APIError(400, "The request body is not valid JSON", None, "invalid_json"))
-    param = ".".join(str(p) for p in first["loc"] if p != "body") or None
-    note = f" (and {more} more problem{'s' * (more > 1)})" if more else ""
-    return error_response(APIError(400, f"{param or 'body'}: {first['msg']}{note}", param, "invalid_value"))
+    param, message, code = describe_errors(exc.errors())
+    return error_response(APIError(400, message, param, code))
 
 # %% ../nbs/04b_serve.ipynb #a161b72d
 async def _api_error(request: Request, exc: APIError) -> JSONResponse: return error_response(exc)
@@ -292,6 +384,10 @@ async def _reply(send, e: APIError):
     await send({"type": "http.response.start", "status": e.status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
+def _too_slow(what: str, seconds: float) -> APIError:
+    return APIError(408, f"The request's {what} did not arrive within {seconds:g} s", None, "request_timeout",
+                    headers={"Connection": "close"})
+
 # %% ../nbs/04b_serve.ipynb #39abd224
 async def _watch(receive, conn: _Connection):
     while (await receive())["type"] != "http.disconnect": pass
@@ -299,13 +395,31 @@ async def _watch(receive, conn: _Connection):
 
 # %% ../nbs/04b_serve.ipynb #a6e21d04
 class Guard:
-    "ASGI middleware: the API key on every path but /health, the body limit in bytes received, a connection watch."
+    "ASGI middleware: the API key on every path but /health, the body's size and deadline, a connection watch."
     def __init__(self,
                  app, # the ASGI app to guard
                  api_key: str | None = None, # clients must send 'Authorization: Bearer KEY'; None: no key needed
                  max_body_bytes: int = 1_000_000, # larger request bodies get 413
+                 read_timeout: float = 30, # seconds the whole body may take to arrive; slower ones get 408
                 ):
         self.app, self.key, self.limit = app, api_key and f"Bearer {api_key}".encode(), max_body_bytes
+        self.read_timeout = read_timeout
+
+    async def _body(self, receive, declared: bytes) -> bytes | APIError | None:
+        "The request body, or the error to answer with, or None if the client left."
+        too_big = APIError(413, f"The request body is larger than {self.limit} bytes", None, "request_too_large")
+        if declared.isdigit() and int(declared) > self.limit: return too_big
+        async def read():
+            body, more = bytearray(), True
+            while more:
+                message = await receive()
+                if message["type"] == "http.disconnect": return None
+                body += message.get("body", b"")
+                if len(body) > self.limit: return too_big
+                more = message.get("more_body", False)
+            return bytes(body)
+        try: return await asyncio.wait_for(read(), self.read_timeout)
+        except asyncio.TimeoutError: return _too_slow("body", self.read_timeout)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http": return await self.app(scope, receive, send)
@@ -314,27 +428,68 @@ class Guard:
         if self.key and scope["path"] != "/health" and not secrets.compare_digest(given, self.key):
             refusal = "Incorrect or missing API key; send 'Authorization: Bearer KEY'"
             return await _reply(send, APIError(401, refusal, None, "invalid_api_key"))
-        too_big = APIError(413, f"The request body is larger than {self.limit} bytes", None, "request_too_large")
-        declared = headers.get(b"content-length", b"")
-        if declared.isdigit() and int(declared) > self.limit: return await _reply(send, too_big)
-        body, more = bytearray(), True
-        while more:
-            message = await receive()
-            if message["type"] == "http.disconnect": return
-            body += message.get("body", b"")
-            if len(body) > self.limit: return await _reply(send, too_big)
-            more = message.get("more_body", False)
+        body = await self._body(receive, headers.get(b"content-length", b""))
+        if body is None: return
+        if isinstance(body, APIError): return await _reply(send, body)
         conn = scope["gpt_finetune.connection"] = _Connection()
         watcher, delivered = asyncio.create_task(_watch(receive, conn)), False
         async def replay():
             nonlocal delivered
             if not delivered:
                 delivered = True
-                return {"type": "http.request", "body": bytes(body), "more_body": False}
+                return {"type": "http.request", "body": body, "more_body": False}
             await conn.gone.wait()
             return {"type": "http.disconnect"}
         try: await self.app(scope, replay, send)
         finally: watcher.cancel()
+
+# %% ../nbs/04b_serve.ipynb #b2c0ca0a
+class TimedH11Protocol(H11Protocol):
+    "uvicorn's HTTP/1.1 protocol plus deadlines for a new connection's silence and for slow request headers."
+    read_timeout: float = 30.0  # seconds a request's headers may take (`uvicorn_config` sets it)
+    _due: asyncio.TimerHandle | None = None  # when the headers being awaited are late
+
+    def connection_made(self, transport):
+        super().connection_made(transport)
+        # uvicorn arms this timer only after a response: a connection that never speaks would stay forever
+        self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive, self.timeout_keep_alive_handler)
+        self._await_headers()
+
+    def _await_headers(self):
+        if self._due: self._due.cancel()
+        self._due = self.loop.call_later(self.read_timeout, self._headers_late)
+
+    def _headers_late(self):
+        if self.conn.their_state is not h11.IDLE or self.transport.is_closing(): return
+        body = json.dumps(_too_slow("headers", self.read_timeout).body).encode()
+        self.transport.write(b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close"
+                             b"\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
+        self.transport.close()
+
+    def handle_events(self):
+        super().handle_events()
+        if self._due and self.conn.their_state is not h11.IDLE: self._due.cancel(); self._due = None  # headers in
+
+    def on_response_complete(self):
+        self._await_headers()  # before uvicorn's: it may parse a pipelined request, which cancels this deadline
+        super().on_response_complete()
+
+    def connection_lost(self, exc):
+        if self._due: self._due.cancel()
+        super().connection_lost(exc)
+
+# %% ../nbs/04b_serve.ipynb #b2c0ca0b
+def uvicorn_config(app, # the ASGI app, e.g. from `create_app`
+                   cfg: ServeConfig, # address, keep-alive, connection cap and read deadline
+                   host: str | None = None, # overrides `cfg.host`
+                   port: int | None = None, # overrides `cfg.port`
+                  ) -> uvicorn.Config:
+    "uvicorn's settings for `app`: every phase that waits for a client bounded, at most `limit_concurrency` at once."
+    read = getattr(cfg, "read_timeout", 30.0)
+    http = type("TimedH11Protocol", (TimedH11Protocol,), {"read_timeout": read})
+    return uvicorn.Config(app, host=host or cfg.host, port=port or cfg.port, log_level="warning", http=http,
+                          timeout_keep_alive=getattr(cfg, "timeout_keep_alive", 5),
+                          limit_concurrency=getattr(cfg, "limit_concurrency", 512))
 
 # %% ../nbs/04b_serve.ipynb #58b347d9
 def create_app(model, # a transformers causal LM, e.g. from `load_for_inference`
@@ -350,7 +505,8 @@ def create_app(model, # a transformers causal LM, e.g. from `load_for_inference`
     app = FastAPI(title=f"gpt_finetune: {cfg.name or 'model'}", lifespan=lifespan)
     app.state.served = Served(model, tokenizer, cfg, worker)
     app.include_router(router)
-    app.add_middleware(Guard, api_key=api_key_of(cfg), max_body_bytes=cfg.max_body_bytes)
+    app.add_middleware(Guard, api_key=api_key_of(cfg), max_body_bytes=cfg.max_body_bytes,
+                       read_timeout=getattr(cfg, "read_timeout", 30.0))
     for exc, handler in ((RequestValidationError, _invalid), (APIError, _api_error),
                          (StarletteHTTPException, _http_error), (Exception, _server_error)):
         app.add_exception_handler(exc, handler)
@@ -368,13 +524,14 @@ def free_port(host: str = "127.0.0.1", # the address to find a port on
 class BackgroundServer:
     "Run an app with uvicorn in a background thread on `host` (for notebooks and tests); a context manager."
     def __init__(self,
-                 app, # the ASGI app to run, e.g. from `create_app`
+                 app, # the ASGI app to run, e.g. from `create_app` (its `ServeConfig` sets timeouts and the cap)
                  host: str = "127.0.0.1", # the address to bind
                  port: int | None = None, # the TCP port; None: a free one (see `free_port`)
                 ):
         self.port = port or free_port(host)
         self.url = f"http://{host}:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=self.port, log_level="warning"))
+        cfg = getattr(getattr(app.state, "served", None), "cfg", None) or ServeConfig()
+        self.server = uvicorn.Server(uvicorn_config(app, cfg, host, self.port))
         self.thread = threading.Thread(target=self.server.run, name="uvicorn", daemon=True)
 
     def start(self,
@@ -406,4 +563,4 @@ def serve(model_dir: str | Path, # a folder written by `save_model`
     if cfg.host not in ("127.0.0.1", "localhost", "::1") and not api_key_of(cfg):
         print(f"warning: {cfg.host} exposes the server without an API key; set {API_KEY_ENV}", file=sys.stderr)
     print(f"serving '{cfg.name}' at http://{cfg.host}:{cfg.port}/v1 (OpenAI-compatible); Ctrl-C stops", file=sys.stderr)
-    uvicorn.run(create_app(model, tok, cfg), host=cfg.host, port=cfg.port, log_level="warning")
+    uvicorn.Server(uvicorn_config(create_app(model, tok, cfg), cfg)).run()

@@ -6,8 +6,10 @@
 from __future__ import annotations
 import torch
 
+from .model import ModelError
+
 # %% auto #0
-__all__ = ['auto_batch_size', 'tune_malloc', 'Bf16AdamW']
+__all__ = ['RUNTIME_BYTES', 'auto_batch_size', 'training_bytes', 'WontFit', 'fit_plan', 'tune_malloc', 'Bf16AdamW']
 
 # %% ../nbs/01c_speed.ipynb #5dfa2dca
 def auto_batch_size(model, # a causal LM with a transformers config
@@ -23,6 +25,59 @@ def auto_batch_size(model, # a causal LM with a transformers config
     budget, n = free / 2 - 16 * model.num_parameters(), cap
     while n > 1 and n * mean_length * per_token > budget: n //= 2
     return n
+
+# %% ../nbs/01c_speed.ipynb #bddf8598
+RUNTIME_BYTES = 1 << 30  # Python, torch, the tokenizer and the data: measured ~1 GB before the model loads
+
+def training_bytes(config, # the model's transformers config (hidden_size, num_hidden_layers, vocab_size)
+                   n_params: int, # its parameter count
+                   tokens: int, # tokens in one batch, all packed rows together
+                   lora: bool = False, # the weights are frozen and LoRA adapters train
+                   checkpointing: bool = False, # gradient checkpointing: activations recomputed in the backward
+                  ) -> int:
+    "Estimated peak memory of a training step: runtime, weights and optimizer state, activations of `tokens`."
+    h, layers = config.hidden_size, config.num_hidden_layers
+    state = (6 if lora else 16) * n_params  # frozen float32 + bf16 copies | weights, grads and AdamW's 2 moments
+    layer = 70 * h  # bytes one layer keeps per token for the backward pass (bf16 and float32 activations)
+    acts = 4 * h * layers + layer if checkpointing else layer * layers  # checkpointing: layer inputs + one layer
+    return int(RUNTIME_BYTES + state + tokens * (acts + 4 * config.vocab_size))  # + a row of float32 logits
+
+# %% ../nbs/01c_speed.ipynb #40c62241
+class WontFit(ModelError):
+    "A training run that would not fit in memory, reported up front with its estimate."
+
+# %% ../nbs/01c_speed.ipynb #14271a6b
+def _free_bytes(device: str) -> int:
+    import psutil
+    return torch.cuda.mem_get_info()[0] if device == "cuda" else psutil.virtual_memory().available
+
+def fit_plan(model, # a causal LM with a transformers config
+             mean_length: float, # mean tokens per example
+             batch_size: int = 0, # 0: choose it, with checkpointing and LoRA if needed; else only check it
+             lora: bool = False, # LoRA was asked for
+             checkpointing: bool = False, # gradient checkpointing was asked for
+             can_add_lora: bool = True, # False: LoRA is not an option (the caller trains the model as it is)
+             device: str = "cpu", # "cuda": free GPU memory; anything else: free system memory
+             free: int | None = None, # bytes free; None: measured now
+             cap: int = 16, # the most examples per batch
+            ) -> dict:
+    "Batch size, gradient checkpointing and LoRA for a run that fits memory; `WontFit` (one line) if none does."
+    free, n = _free_bytes(device) if free is None else free, model.num_parameters()
+    need = lambda b, l, g: training_bytes(model.config, n, int(b * mean_length), lora=l, checkpointing=g)
+    loras = sorted({lora, lora or can_add_lora})
+    ways = [(lora, checkpointing)] if batch_size else [(l, g) for l in loras for g in sorted({checkpointing, True})]
+    budget = 0.8 * free  # a fifth left for what the estimate misses
+    for l, g in ways:
+        b = batch_size or 1
+        if need(b, l, g) > budget: continue
+        while not batch_size and b * 2 <= cap and need(b * 2, l, g) <= budget: b *= 2
+        return {"batch_size": b, "lora": l, "gradient_checkpointing": g, "estimate_bytes": need(b, l, g)}
+    l, g = ways[-1]
+    raise WontFit(f"training {n / 1e6:,.0f}M parameters needs ~{need(batch_size or 1, l, g) / 1e9:.1f} GB "
+                  f"(batch {batch_size or 1}{', LoRA' if l else ''}{', gradient checkpointing' if g else ''}), "
+                  f"{'the GPU' if device == 'cuda' else 'this machine'} has {free / 1e9:.1f} GB free: use a smaller "
+                  f"model, shorter examples (--max-length) or "
+                  f"{'batch_size 0 (auto)' if batch_size else 'a machine with more memory'}")
 
 # %% ../nbs/01c_speed.ipynb #f5b90999
 def tune_malloc(mmap_threshold: int = 32 << 20, # blocks above this many bytes are mmap-ed (glibc's maximum: 32 MiB)

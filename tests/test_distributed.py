@@ -37,6 +37,17 @@ def test_configs_folder_holds_the_lessons_accelerate_configs():
         assert yaml.safe_load(text)["num_processes"] == 2
 
 
+def test_shipped_sharding_configs_load_through_accelerate():
+    "DeepSpeed cannot run here (see 02b_scale): the ZeRO-3 file is checked as far as accelerate takes it."
+    from accelerate.commands.config.config_args import load_config_from_file
+    from accelerate.utils import DeepSpeedPlugin, DistributedType
+    ds3, fsdp = (load_config_from_file(str(CONFIGS / f"{k}.yaml")) for k in ("deepspeed_zero3", "fsdp"))
+    assert (ds3.distributed_type, fsdp.distributed_type) == (DistributedType.DEEPSPEED, DistributedType.FSDP)
+    zero = DeepSpeedPlugin(**ds3.deepspeed_config).hf_ds_config.config["zero_optimization"]
+    assert zero["stage"] == 3 and zero["stage3_gather_16bit_weights_on_model_save"]
+    assert fsdp.fsdp_config["fsdp_version"] == 2 and fsdp.fsdp_config["fsdp_state_dict_type"] == "FULL_STATE_DICT"
+
+
 def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     args = ["--epochs", 1, "--save-every", 0]

@@ -146,7 +146,7 @@ def _formats(tmp_path):
 def test_evaluate_reads_every_format_run_reads(tmp_path):
     "`evaluate` and `run` read through the one loader: the same records from every format."
     from gpt_finetune.cli import load_eval_records
-    from gpt_finetune.job import read_records
+    from gpt_finetune.formats import read_records
     paths, qa = _formats(tmp_path)
     for path in paths:
         records, counts = load_eval_records(path)

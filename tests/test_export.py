@@ -152,3 +152,17 @@ def test_default_model_q8_0(tmp_path):
     assert (a.argmax(-1) == b.argmax(-1)).float().mean() >= 0.9
     assert (a - b).abs().mean() < 0.02 * a.abs().max()
     assert tok.decode(greedy(back, back_tok, ids, 12)) == tok.decode(greedy(model, tok, ids, 12))
+
+
+def test_name_license_and_base_model_come_from_the_card(tiny, tmp_path):
+    "A fine-tune of the default model saved by save_model: the GGUF names it after its base, with the base's license."
+    from gpt_finetune.deploy import save_model
+    src = save_model(tiny["model"], tiny["tok"], tmp_path / "model", base_model="default")  # what `run` writes
+    r = gguf.GGUFReader(export_gguf(src, tmp_path / "model-Q8_0.gguf", "q8_0"))
+    field = lambda k: r.fields[k].contents() if k in r.fields else None
+    assert field("general.name") == "SmolLM2-135M-Instruct fine-tuned"
+    assert field("general.license") == "apache-2.0"
+    assert (field("general.base_model.count"), field("general.base_model.0.name"),
+            field("general.base_model.0.organization")) == (1, "SmolLM2-135M-Instruct", "HuggingFaceTB")
+    plain = gguf.GGUFReader(export_gguf(tiny["dir"], tmp_path / "plain.gguf", "q8_0"))  # no card: the folder's name
+    assert plain.fields["general.name"].contents() == "tiny-llama" and "general.license" not in plain.fields

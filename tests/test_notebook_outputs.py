@@ -5,7 +5,7 @@ must have its output saved, and that output must come from the cell as it is now
 the notebooks and records a fingerprint of each executed cell's source (cell metadata `source_sha`); a cell
 edited since then, or never executed, is stale. Fix either failure with `make notebooks NB="nbs/X.ipynb"`.
 """
-import ast, json, sys
+import ast, json, re, sys
 from pathlib import Path
 
 import nbformat
@@ -18,7 +18,8 @@ import run_notebooks as rn  # noqa: E402
 
 LESSONS = [p for p in rn.notebooks([]) if p.name != "index.ipynb"]
 # Lessons about what a model does: each shows the real default model in at least one `slow` cell with saved output.
-MODEL_LESSONS = ("00_data", "01_model", "02_train", "03_evaluate", "03a_compare", "04_deploy", "05_cli")
+MODEL_LESSONS = ("00_data", "01_model", "02_train", "02d_decoding", "03_evaluate", "03a_compare", "03b_probe",
+                 "04_deploy", "05_cli")
 DISPLAY_CALLS = {"print", "display", "show", "plot", "imshow", "hist", "bar", "barh", "scatter", "show_doc", "pprint",
                  "Markdown", "HTML", "print_trainable_parameters"}
 QUIET = {"export", "exports", "exporti", "hide", "cuda"}  # not shown, or not run here
@@ -213,3 +214,66 @@ def test_gpu_cell_edited_is_stale(executed):
     assert problems(executed[0], nb) == []
     nb.cells[9].source += "\nprint(2)"
     assert "runs only on a GPU" in problems(executed[0], nb)[0]
+
+
+# Saved outputs are part of the page: a reader should not wade through warnings, the Trainer's raw log dictionaries,
+# progress-bar residue or tracebacks, nor see one figure twice. A cell that shows one of these on purpose says so with
+# `#| noise: expected` (for example a lesson about a warning).
+NOISE = [("a warning", re.compile(r"\b\w*Warning: ")),
+         ("a raw training log dictionary", re.compile(r"^\{'(?:loss|eval_loss|train_runtime|grad_norm)': ", re.M)),
+         ("progress-bar residue", re.compile(r"\d+%\|[^|\n]*\||\d(?:it/s|s/it)\]")),
+         ("a traceback", re.compile(r"Traceback \(most recent call last\)"))]
+
+
+def _printed(output) -> str:
+    "The text of an output as a reader sees it: streams, displayed text, and an error's traceback."
+    if output.get("output_type") == "stream": return "".join(output.get("text", ""))
+    if output.get("output_type") == "error": return "Traceback (most recent call last)\n" + output.get("ename", "")
+    return ""  # a returned value (a metrics dict, a table) is a result, not noise
+
+
+def noise(path: Path, nb=None) -> list[str]:
+    "Every noisy saved output of one notebook, one line each naming the cell and what is wrong."
+    nb, found, images = nb or nbformat.read(path, as_version=4), [], {}
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type != "code": continue
+        expected = rn.directives(cell.source).get("noise:", [""])[0] == "expected"
+        for out in cell.get("outputs", []):
+            text = _printed(out)
+            for what, pattern in NOISE:
+                if not expected and pattern.search(text):
+                    found.append(f"{_where(path, i, cell)}: shows {what}: {pattern.search(text).group(0).strip()!r}")
+            png = out.get("data", {}).get("image/png")
+            if png and not expected:
+                if png in images: found.append(f"{_where(path, i, cell)}: repeats the figure of cell {images[png]}")
+                images.setdefault(png, i)
+    return found
+
+
+@pytest.mark.parametrize("path", LESSONS, ids=lambda p: p.name)
+def test_outputs_have_no_noise(path):
+    found = noise(path)
+    assert not found, (f"{len(found)} noisy outputs (fix the cause, or mark a deliberate one `#| noise: expected`):\n"
+                       + "\n".join(found))
+
+
+def test_noise_rule_catches_each_kind():
+    def nb_of(*outputs, source="f()"):
+        cell = nbformat.v4.new_code_cell(source)
+        cell.outputs = list(outputs)
+        return nbformat.v4.new_notebook(cells=[cell])
+    stream = lambda name, text: nbformat.v4.new_output("stream", name=name, text=text)  # noqa: E731
+    png = lambda: nbformat.v4.new_output("display_data", data={"image/png": "iVBORw0KGgo="})  # noqa: E731
+    path = ROOT / "nbs" / "x.ipynb"
+    for out in (stream("stderr", "/x/y.py:3: FutureWarning: `a` is deprecated\n"),
+                stream("stdout", "{'loss': '3.9', 'grad_norm': '10.7', 'epoch': '0.2'}\n"),
+                stream("stderr", "generating: 100%|██████████| 1/1 [00:00<00:00, 78.65it/s]\n"),
+                nbformat.v4.new_output("error", ename="ValueError", evalue="x", traceback=[])):
+        assert len(noise(path, nb_of(out))) == 1, out
+        assert noise(path, nb_of(out, source="#| noise: expected\nf()")) == []
+    assert noise(path, nb_of(stream("stdout", "eval_loss 3.9, no warnings here\n"),
+                             nbformat.v4.new_output("execute_result", data={"text/plain": "{'loss': 3.9}"}))) == []
+    twice = nb_of(png())
+    twice.cells.append(nbformat.v4.new_code_cell("g()"))
+    twice.cells[1].outputs = [png()]
+    assert ["repeats the figure of cell 0" in f for f in noise(path, twice)] == [True]

@@ -59,7 +59,7 @@ def test_every_notebook_has_the_same_install_cell():
 
 def test_notebooks_read_no_clone_only_paths():
     "On Colab only the installed package exists: a `../configs/x.yaml` or `../gpt_finetune/assets` path fails there."
-    clone_only = re.compile(r"""["'](?:\.\./)+[\w.-]|["']\.\.["']""")
+    clone_only = re.compile(r"""["'](?:\.\./)+[\w.-]|Path\(\s*["']\.\.["']|["']\.\.["']\s*/""")  # not `x == ".."`
     found = [f"{nb.relative_to(ROOT)}: {line.strip()}" for nb in NOTEBOOKS for src in _code(nb)
              for line in src.splitlines() if clone_only.search(line)]
     assert not found, ("paths outside the notebooks' folder exist only in a clone "
@@ -117,3 +117,33 @@ def test_no_code_line_is_longer_than_120_characters():
     files += [(p, p.read_text(encoding="utf-8")) for p in scripts]
     long = [f"{p.relative_to(ROOT)}: {line[:60]}" for p, text in files for line in text.splitlines() if len(line) > 120]
     assert not long, long
+
+
+def _settings() -> dict:
+    from configparser import ConfigParser
+    cfg = ConfigParser(delimiters=["="])
+    cfg.read(ROOT / "settings.ini", encoding="utf-8")
+    return dict(cfg["DEFAULT"])
+
+
+def test_colab_quickstart_opens_on_a_gpu_and_nbdev_clean_keeps_it(tmp_path):
+    "Colab reads `accelerator` and `colab.gpuType` from the notebook: without them the badge opens a CPU runtime."
+    name = "02_colab_quickstart.ipynb"
+    meta = json.loads((ROOT / "nbs" / "tutorials" / name).read_text(encoding="utf-8"))["metadata"]
+    assert (meta.get("accelerator"), meta.get("colab", {}).get("gpuType")) == ("GPU", "T4"), meta
+    shutil.copy(ROOT / "settings.ini", tmp_path / "settings.ini")
+    (tmp_path / "nbs").mkdir()
+    shutil.copy(ROOT / "nbs" / "tutorials" / name, tmp_path / "nbs" / name)
+    res = subprocess.run([str(Path(sys.executable).parent / "nbdev_clean"), "--fname", f"nbs/{name}"], cwd=tmp_path,
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert json.loads((tmp_path / "nbs" / name).read_text(encoding="utf-8"))["metadata"] == meta
+
+
+def test_readme_links_the_docs_site_and_says_how_to_open_the_lessons():
+    text, cfg = (ROOT / "README.md").read_text(encoding="utf-8"), _settings()
+    site = cfg["doc_host"].rstrip("/") + cfg["doc_baseurl"]
+    assert f"]({site})" in text, f"README.md does not link the docs site {site}"
+    quick = text.split("\n## Quick start\n", 1)[1].split("\n## ", 1)[0]
+    assert "`make lab`" in quick and "01_finetune_your_questions.ipynb" in quick
+    assert {"jupyterlab", "ipywidgets"} <= set(cfg["notebooks_requirements"].split())

@@ -174,7 +174,7 @@ BAD = [  # (path, body, status, code, param)
     ("/v1/chat/completions", {"model": "tiny", "messages": HAMLET, "stop": ["a", "b", "c", "d", "e"]}, 400,
      "invalid_value", "stop"),
     ("/v1/completions", {"model": "tiny", "prompt": "word " * 600}, 400, "context_length_exceeded", "prompt"),
-    ("/v1/completions", {"model": "tiny", "prompt": "x", "n": 3}, 400, "invalid_value", "n"),
+    ("/v1/completions", {"model": "tiny", "prompt": "x", "n": 3}, 400, "unsupported_parameter", "n"),
     ("/v1/completions", b'{"model": "tiny", "prompt": "' + b"x" * 1_100_000 + b'"}', 413, "request_too_large", None),
 ]
 

@@ -1,5 +1,6 @@
-"""What a run writes: never over an earlier run unless asked, the model renamed into place before the report,
-no checkpoints left behind unless kept, the disk space printed; bad input of any kind is one line, exit 2."""
+"""What a run writes: never over an earlier run unless asked, a marker listing all it wrote, the model renamed into
+place before the report, no checkpoints left behind unless kept, the disk space printed; bad input of any kind is one
+line, exit 2. Hostile cases (a user's files, forged markers, full disks, read-only folders): tests/hostile/."""
 import json
 
 import pytest
@@ -32,6 +33,8 @@ def test_run_folder_is_written_safely(llama_dir, data, tmp_path, monkeypatch):
     model_time = (out / "model" / "model.safetensors").stat().st_mtime_ns
     for report in ("metrics.json", "report.md", "answers.jsonl"):  # the model is in place before what describes it
         assert model_time < (out / report).stat().st_mtime_ns, report
+    wrote = json.loads((out / "gpt-finetune-run.json").read_text())["wrote"]  # the marker lists all the run wrote
+    assert names - {"gpt-finetune-run.json"} <= set(wrote)
     m = json.loads((out / "metrics.json").read_text())
     assert m["disk"]["checkpoint_bytes_removed"] > 0 and m["disk"]["model_bytes"] > 0
     assert ("disk: " in first.stdout and "checkpoints removed" in first.stdout
