@@ -15,7 +15,7 @@ from .options import (SEED_MAX, Checked, DataOptions, CleanOptions, EvalOptions,
                                   OutputOptions, RunConfig, ServeConfig, SweepGrid, TrainConfig, option, option_type,
                                   parse_option, renames_problem)
 from .job import (UsageError, baseline_evaluation, claim_output, human_size, load_data, load_model_from,
-                              prepare_job, probe_answers, read_records, run_job, timed, tokenize_splits, will_write,
+                              prepare_job, probe_answers, run_job, timed, tokenize_splits, will_write,
                               write_jsonl, writing)
 
 # %% auto #0
@@ -115,6 +115,7 @@ def load_eval_records(path: str | Path, # a test file in any format `run` reads
     from gpt_finetune.data import DataError
     from gpt_finetune.clean import CleanConfig, clean_dataset
     from gpt_finetune.evaluation import references_of
+    from gpt_finetune.formats import read_records
     loaded = read_records(path, fields, strict=True)
     records, rows = clean_dataset(loaded.records, CleanConfig(0))
     if not records: raise DataError(f"{path}: no records to evaluate")

@@ -11,7 +11,6 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from . import __version__
-from .formats import read_records
 from .options import ModelOptions, RunConfig, write_config
 
 # %% auto #0
@@ -47,7 +46,7 @@ def load_data(cfg: RunConfig, # the data and clean options, and `train.seed` for
              ) -> tuple[dict, list[dict], dict]:
     "Load (any format), validate, clean, split and check leakage; returns `(splits, report rows, summary)`."
     from gpt_finetune.data import DataError, default_data_path
-    from gpt_finetune.formats import problem_rows
+    from gpt_finetune.formats import problem_rows, read_records
     from gpt_finetune.clean import CleanConfig, clean_dataset, find_leakage
     d, c = cfg.data, cfg.clean
     path = d.path or default_data_path()
@@ -427,7 +426,7 @@ def run_job(cfg: RunConfig, # every option of the run
     out = Path(cfg.output.output_dir)
     cfg = replace(cfg, train=replace(cfg.train, output_dir=str(out / "checkpoints")))  # the trainer's folder: the run's
     state, clock, t, lora = process_state(), {}, cfg.train, cfg.lora
-    adapters = lora.enabled or lora.quantize
+    adapters = bool(lora.enabled or lora.quantize)
     if cfg.output.adapter_only and not adapters: raise UsageError("--adapter-only needs --lora or --quantize")
     splits, dropped, data = load_data(cfg)
     probe = load_probe(cfg.eval.probe)  # a bad probe file stops here too, before a model loads

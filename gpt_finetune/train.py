@@ -82,7 +82,8 @@ class AnswerLossTrainer(Trainer):
 
     def create_accelerator_and_postprocess(self):
         super().create_accelerator_and_postprocess()
-        self.is_fsdp_enabled = fsdp_on_cpu(self.accelerator, self.args.fsdp_plugin_args)  # accelerate drops it on CPUs
+        if self.args.fsdp_plugin_args is not None:  # FSDP asked for: on CPU processes accelerate drops it (02b_scale)
+            self.is_fsdp_enabled = fsdp_on_cpu(self.accelerator, self.args.fsdp_plugin_args)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss, n, outputs = answer_loss_sum(model, inputs, self.fused if model.training else None)

@@ -23,7 +23,7 @@ def test_run_writes_every_output(tiny_dir, tmp_path, monkeypatch):
     assert "perplexity" in res.stdout and "fine-tuned" in res.stdout and "95 % interval" in res.stdout
     assert "time: base evaluation" in res.stdout and "final evaluation" in res.stdout and "disk: " in res.stdout
     m = json.loads((out / "metrics.json").read_text())
-    assert set(m) == {"base", "finetuned", "data", "train", "comparison", "timings", "disk"}
+    assert set(m) == {"base", "finetuned", "data", "train", "comparison", "timings", "disk", "probe"}
     for phase in ("base_evaluation_s", "training_s", "training_evaluations_s", "final_evaluation_s", "saving_s"):
         assert m["timings"][phase] >= 0, phase
     assert m["timings"]["base_reused"] is False and m["timings"]["training_s"] >= m["train"]["runtime_s"]
@@ -74,7 +74,8 @@ def test_base_answers_are_reused(llama_dir, tmp_path, monkeypatch):
         return json.loads((tmp_path / out / "metrics.json").read_text())
     first, again = evaluate("a"), evaluate("b")
     assert (first["timings"]["baseline_reused"], again["timings"]["baseline_reused"]) == (False, True)
-    assert again["base"] == first["base"] and len(list((cache / "baselines").glob("*.json"))) == 1
+    assert again["base"] == first["base"]
+    assert len(list((cache / "baselines").glob("*.json"))) == 2  # the test answers and the probe's, once each
     assert evaluate("c", "--max-new-tokens", 5)["timings"]["baseline_reused"] is False  # other settings: other answers
     assert evaluate("d", "--no-reuse-baseline")["timings"]["baseline_reused"] is False
 

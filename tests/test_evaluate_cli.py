@@ -26,7 +26,7 @@ def test_evaluate_against_baseline(tiny_dir, tmp_path, monkeypatch):
     assert res.returncode == 0, res.stderr[-3000:]
     assert "95 % interval" in res.stdout and "\neval_loss " in res.stdout and "report.md" in res.stdout
     m = json.loads((out / "metrics.json").read_text())
-    assert set(m) == {"base", "finetuned", "data", "comparison", "timings"}
+    assert set(m) == {"base", "finetuned", "data", "comparison", "timings", "probe"}
     assert m["data"] == {"source": str(tmp_path / "quiz.json"), "format": "pairs", "records": 4, "dropped": {},
                          "with_accept": 2}
     for side in ("base", "finetuned"):
@@ -65,7 +65,7 @@ def test_accept_list_counts_as_correct(tmp_path):
                   "--max-new-tokens", 6)
     assert res.returncode == 0, res.stderr[-3000:]
     m = json.loads((tmp_path / "out" / "metrics.json").read_text())
-    assert set(m) == {"finetuned", "data", "timings"}
+    assert set(m) == {"finetuned", "data", "timings", "probe"}
     answers = [json.loads(l) for l in (tmp_path / "out" / "answers.jsonl").read_text().splitlines()]
     assert [a["finetuned"] for a in answers] == said
     # right by its accept list only
@@ -154,3 +154,40 @@ def test_evaluate_reads_every_format_run_reads(tmp_path):
         assert [r["messages"] for r in records] == [r["messages"] for r in read_records(path).records], path.name
         assert counts["records"] == 3 and counts["dropped"] == {}, path.name
 
+
+
+# --- the general-knowledge probe: its own file, none, or a bad file ---
+
+PROBE = [{"input": "What is 2 plus 2?", "output": "4", "accept": ["4", "four"]},
+         {"input": "What is the capital of France?", "output": "Paris", "accept": ["Paris"]},
+         {"input": "What colour is the sky?", "output": "blue", "accept": ["blue"]}]
+
+
+def test_probe_file_against_the_same_model_keeps_everything(tiny_dir, tmp_path, monkeypatch):
+    "The same model on both sides keeps every probe answer it had right; the report and metrics say so."
+    monkeypatch.setenv("GPT_FINETUNE_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "eval"
+    res = run_cli("evaluate", "--model", tiny_dir, "--baseline", tiny_dir, "--data", _write(tmp_path / "q.json", QUIZ),
+                  "--probe", _write(tmp_path / "probe.json", PROBE), "--output-dir", out, "--max-new-tokens", 4)
+    assert res.returncode == 0, res.stderr[-3000:]
+    probe = json.loads((out / "metrics.json").read_text())["probe"]
+    assert probe["questions"] == 3 and probe["kept"] == probe["base_right"] and probe["broken"] == []
+    assert "General-knowledge probe" in res.stdout
+    assert "## General knowledge: what fine-tuning kept" in (out / "report.md").read_text()
+
+
+def test_probe_none_leaves_it_out(tiny_dir, tmp_path):
+    out = tmp_path / "eval"
+    res = run_cli("evaluate", "--model", tiny_dir, "--data", _write(tmp_path / "q.json", QUIZ), "--probe", "none",
+                  "--output-dir", out, "--max-new-tokens", 4)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "probe" not in json.loads((out / "metrics.json").read_text())
+    assert "General knowledge" not in (out / "report.md").read_text()
+
+
+def test_a_bad_probe_file_is_one_line_before_any_model_loads(tmp_path):
+    bad = _write(tmp_path / "probe.json", [{"input": "What is 2 plus 2?", "output": "4", "accept": "4"}])
+    res = run_cli("evaluate", "--model", tmp_path / "no-such-model", "--data", _write(tmp_path / "q.json", QUIZ),
+                  "--probe", bad, "--output-dir", tmp_path / "eval")
+    assert res.returncode == 2 and "probe.json" in res.stderr and "Traceback" not in res.stderr, res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and not (tmp_path / "eval").exists()
