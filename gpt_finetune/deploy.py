@@ -4,7 +4,7 @@
 
 # %% ../nbs/04_deploy.ipynb #938cc2de
 from __future__ import annotations
-import json, os, queue, threading
+import json, os, queue, threading, warnings
 from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
@@ -212,7 +212,9 @@ def load_for_inference(model_dir: str | Path, # a folder written by `save_model`
     from peft import PeftModel
     from transformers import AutoTokenizer
     model, _ = load_model(adapter_base(model_dir), **trust)
-    model = PeftModel.from_pretrained(model, model_dir).merge_and_unload()  # merged: plain layers generate faster
+    with warnings.catch_warnings():  # peft reads transformers' old `is_gradient_checkpointing` name: not ours to fix
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        model = PeftModel.from_pretrained(model, model_dir).merge_and_unload()  # merged: plain layers generate faster
     model.generation_config = GenerationConfig.from_pretrained(model_dir)
     tok = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
     if tok.pad_token is None: tok.pad_token = tok.eos_token

@@ -1,4 +1,4 @@
-import os, subprocess, sys, time
+import json, os, socket, subprocess, sys, time
 from pathlib import Path
 
 import httpx
@@ -7,6 +7,29 @@ import pytest
 from gpt_finetune.model import tiny_model
 
 CLI = str(Path(sys.executable).parent / "gpt-finetune")
+ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}  # one thread per process: 2 processes on 2 cores
+
+
+def free_port() -> int:
+    "A TCP port free on 127.0.0.1 now."
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0)); return s.getsockname()[1]
+
+
+def run_ok(cmd, timeout=300, env=ONE_THREAD):
+    "Run `cmd`; a failure fails the test with the end of its output."
+    res = subprocess.run(list(map(str, cmd)), capture_output=True, text=True, timeout=timeout, env=env)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+    return res
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    "24 small input/output pairs in a JSON lines file: enough for a tiny run with a validation and a test split."
+    path = tmp_path_factory.mktemp("data") / "pairs.jsonl"
+    path.write_text("\n".join(json.dumps({"input": f"What is {i} plus {i}?", "output": f"It is {2 * i}."})
+                              for i in range(24)))
+    return path
 
 
 def run_cli(*args, timeout=600):

@@ -13,18 +13,8 @@ from gpt_finetune.scale import ACCELERATE_CONFIGS, accelerate_config
 BIN = Path(sys.executable).parent
 SCRIPT = str(Path(__file__).parent / "tiny_train.py")
 CONFIGS = Path(__file__).parent.parent / "configs"
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # one thread per process: 2 processes on 2 cores
+from conftest import ONE_THREAD as ENV, free_port as _free_port, run_ok as _run  # noqa: E402
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0)); return s.getsockname()[1]
-
-
-def _run(cmd, timeout=300):
-    res = subprocess.run(list(map(str, cmd)), capture_output=True, text=True, timeout=timeout, env=ENV)
-    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
-    return res
 
 
 def _steps(path: Path) -> dict:

@@ -10,19 +10,9 @@ from safetensors.torch import load_file
 
 BIN = Path(sys.executable).parent
 SCRIPT = str(Path(__file__).parent / "tiny_train.py")
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # one thread per process: 2 processes on 2 cores
+from conftest import ONE_THREAD as ENV, free_port as _free_port, run_ok as _run  # noqa: E402
 LOSS_TOL = 1e-4  # the summed losses of two shards vs one batch: float32 summation order only
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0)); return s.getsockname()[1]
-
-
-def _run(cmd, timeout=300):
-    res = subprocess.run(list(map(str, cmd)), capture_output=True, text=True, timeout=timeout, env=ENV)
-    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
-    return res
 
 
 def _fsdp(out: Path, *extra):

@@ -9,13 +9,6 @@ from conftest import run_cli
 from gpt_finetune.cli import main
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "pairs.jsonl"
-    path.write_text("\n".join(json.dumps({"input": f"What is {i} plus {i}?", "output": f"It is {2 * i}."})
-                              for i in range(24)))
-    return path
-
 
 def _run(llama_dir, data, out, *more):
     return run_cli("run", "--data", data, "--model", llama_dir, "--output-dir", out, "--epochs", 1,

@@ -26,13 +26,6 @@ def one_thread_own_cache(tmp_path_factory):
     torch.set_num_threads(threads)
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "pairs.jsonl"
-    path.write_text("\n".join(json.dumps({"input": f"What is {i} plus {i}?", "output": f"It is {2 * i}."})
-                              for i in range(24)))
-    return path
-
 
 def _args(data, model, out, *more):
     return ["run", "--data", data, "--model", model, "--output-dir", out, "--epochs", 1, "--max-new-tokens", 2,
