@@ -7,7 +7,7 @@ relative to the notebook (`tutorials/01_x.ipynb`, as the docs site needs them): 
 repository root (`nbs/tutorials/01_x.ipynb`).
 Run `python tools/readme.py` to write README.md, or `--check` to fail when it is out of date.
 """
-import json, re, sys
+import json, os, re, sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,7 +48,7 @@ def _root_links(md: str, nb_dir: Path) -> str:
         target = m.group(2)
         if (re.match(r"[a-z][\w+.-]*:|[/#]", target) or (ROOT / target).exists()
                 or not (nb_dir / target.split("#")[0]).exists()): return m.group(0)
-        return m.group(1) + (nb_dir / target).relative_to(ROOT).as_posix() + ")"
+        return m.group(1) + Path(os.path.normpath(nb_dir / target)).relative_to(ROOT).as_posix() + ")"
     return re.sub(r"(\]\()([^)\s]+)\)", fix, md)
 
 
