@@ -307,3 +307,14 @@ def test_weights_that_overflow_are_never_checkpointed_or_returned(tmp_path):
         finetune(model, tok, ds, None, cfg, callbacks=[Overflow()])
     assert "\n" not in str(e.value)
     assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2", "checkpoint-3"]
+
+
+def test_a_run_that_cannot_fit_stops_up_front(llama_dir, data, tmp_path, monkeypatch, capsys):
+    "Too little memory for even one example: one line with the estimate, exit 2, before any training or writing."
+    import gpt_finetune.speed as speed
+    monkeypatch.setattr(speed, "_free_bytes", lambda device: 10**8)  # 100 MB free
+    out = tmp_path / "run"
+    assert main([str(a) for a in _args(data, llama_dir, out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "needs ~" in err[0] and "GB" in err[0] and "Traceback" not in err[0], err
+    assert not (out / "checkpoints").exists() and not (out / "model").exists()
