@@ -24,6 +24,16 @@ def run_ok(cmd, timeout=300, env=ONE_THREAD):
 
 
 @pytest.fixture(scope="module")
+def one_thread():
+    "Tiny models run fastest on one thread of a shared CPU, where each small op otherwise waits for the others."
+    import torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
 def data(tmp_path_factory):
     "24 small input/output pairs in a JSON lines file: enough for a tiny run with a validation and a test split."
     path = tmp_path_factory.mktemp("data") / "pairs.jsonl"

@@ -14,13 +14,7 @@ from gpt_finetune.generation import generate_ids
 from gpt_finetune.model import load_tokenizer, tiny_model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    "Tiny models gain nothing from threads, and on a shared CPU each small op then waits for the others."
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest: tiny models on a shared CPU
 
 
 @pytest.fixture(scope="module")

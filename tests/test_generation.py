@@ -44,13 +44,7 @@ def pieces(cls, text: str, stop: list[str]) -> tuple[list[str], str, bool]:
     return out, d.text(), d.stopped
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    "Tiny models gain nothing from threads, and on a shared CPU each small op then waits for the others."
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest: tiny models on a shared CPU
 
 
 @settings(max_examples=300, deadline=None)

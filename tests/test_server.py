@@ -21,13 +21,7 @@ SERVE = ("import sys; from gpt_finetune.options import ServeConfig; from gpt_fin
          "serve(sys.argv[1], ServeConfig(port=int(sys.argv[2]), max_tokens_cap={cap}))")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    "Tiny models run fastest on one thread of a shared CPU (the servers started here run in this process)."
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest: tiny models on a shared CPU
 
 
 @pytest.fixture(scope="module")

@@ -17,13 +17,7 @@ JSON = {"Content-Type": "application/json"}
 KEEP_ALIVE, READ_TIMEOUT = 1, 2  # the test server's deadlines, in seconds: short, so the tests take seconds
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    "Tiny models run fastest on one thread of a shared CPU (the servers here run in this process)."
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest: tiny models on a shared CPU
 
 
 def serving(model, tok, **cfg) -> tuple:
