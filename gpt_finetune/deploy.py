@@ -20,7 +20,7 @@ from .metrics import METRICS
 
 # %% auto #0
 __all__ = ['DEFAULT_HUB_ID', 'DEFAULT_LICENSE', 'DEFAULT_WEIGHTS', 'generation_config_for', 'hub_id', 'model_card', 'save_model',
-           'HubError', 'push_to_hub', 'load_for_inference', 'sampling_args', 'generate', 'stream', 'chat', 'ask',
+           'load_for_inference', 'sampling_args', 'generate', 'stream', 'chat', 'ask', 'HubError', 'push_to_hub',
            'Detokenizer']
 
 # %% ../nbs/04_deploy.ipynb #dc072b4f
@@ -175,28 +175,6 @@ def save_model(model, # a causal LM, or a peft model with LoRA adapters
     if push_to: push_to_hub(out_dir, push_to)
     return out_dir
 
-# %% ../nbs/04_deploy.ipynb #f120ca12
-class HubError(ModelError):
-    "The model could not be pushed to the Hugging Face Hub; the message says why in one line."
-
-# %% ../nbs/04_deploy.ipynb #ba73d1d2
-def push_to_hub(model_dir: str | Path, # a folder written by `save_model`
-                repo_id: str, # "user/name" on the Hub
-                token: str | None = None, # default: the HF_TOKEN environment variable
-                private: bool = True, # create the repository as private (an existing one keeps its setting)
-               ) -> str:
-    "Upload a saved model folder to the Hugging Face Hub; returns the repository's URL."
-    from huggingface_hub import HfApi
-    token = token or os.environ.get("HF_TOKEN")
-    if not token: raise HubError(f"cannot push to {repo_id}: no token; set HF_TOKEN to a Hugging Face write token")
-    api = HfApi(token=token)
-    try:
-        url = api.create_repo(repo_id, private=private, exist_ok=True)
-        api.upload_folder(folder_path=str(model_dir), repo_id=repo_id, commit_message="Upload with gpt_finetune")
-    except Exception as e:
-        raise HubError(f"cannot push to {repo_id}: {type(e).__name__}: {str(e).strip().splitlines()[0]}") from None
-    return str(url)
-
 # %% ../nbs/04_deploy.ipynb #75d82da5
 def load_for_inference(model_dir: str | Path, # a folder written by `save_model` (full weights or a LoRA adapter)
                        trust_remote_code: bool = False, # run modelling code that ships with the model
@@ -309,3 +287,25 @@ def ask(model, # a causal LM with a chat template
     "The model's answer to one question, as a string: the quickest way to try a model."
     turns = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": question}]
     return chat(model, tokenizer, turns, max_new_tokens, temperature, top_p, seed)
+
+# %% ../nbs/04_deploy.ipynb #f120ca12
+class HubError(ModelError):
+    "The model could not be pushed to the Hugging Face Hub; the message says why in one line."
+
+# %% ../nbs/04_deploy.ipynb #ba73d1d2
+def push_to_hub(model_dir: str | Path, # a folder written by `save_model`
+                repo_id: str, # "user/name" on the Hub
+                token: str | None = None, # default: the HF_TOKEN environment variable
+                private: bool = True, # create the repository as private (an existing one keeps its setting)
+               ) -> str:
+    "Upload a saved model folder to the Hugging Face Hub; returns the repository's URL."
+    from huggingface_hub import HfApi
+    token = token or os.environ.get("HF_TOKEN")
+    if not token: raise HubError(f"cannot push to {repo_id}: no token; set HF_TOKEN to a Hugging Face write token")
+    api = HfApi(token=token)
+    try:
+        url = api.create_repo(repo_id, private=private, exist_ok=True)
+        api.upload_folder(folder_path=str(model_dir), repo_id=repo_id, commit_message="Upload with gpt_finetune")
+    except Exception as e:
+        raise HubError(f"cannot push to {repo_id}: {type(e).__name__}: {str(e).strip().splitlines()[0]}") from None
+    return str(url)

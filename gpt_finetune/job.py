@@ -227,6 +227,7 @@ def _check_creatable(out: Path):
     if not parent.is_dir():
         raise UsageError(f"{out}: cannot be created, {parent} is a file; choose another --output-dir")
 
+# %% ../nbs/04d_job.ipynb #80db3047
 def claim_output(out: Path, # the run's output folder
                  overwrite: bool = False, # replace an earlier run in it
                  resume: bool = False, # keep an earlier run, to continue it
@@ -409,6 +410,23 @@ def _fit(cfg: RunConfig, model, dss: dict, adapters: bool) -> bool:
               file=sys.stderr)
     return plan["lora"]
 
+# %% ../nbs/04d_job.ipynb #c1c2c323
+def _prepare_run(cfg: RunConfig, out: Path, model, tokenizer) -> tuple:
+    "What a run checks before it writes: data loaded and tokenized, the folder claimed, the model loaded and fitted."
+    from gpt_finetune.scale import resume_point
+    from gpt_finetune.probe import load_probe
+    t, lora = cfg.train, cfg.lora
+    adapters = bool(lora.enabled or lora.quantize)
+    if cfg.output.adapter_only and not adapters: raise UsageError("--adapter-only needs --lora or --quantize")
+    splits, dropped, data = load_data(cfg)
+    probe = load_probe(cfg.eval.probe)  # a bad probe file stops here too, before a model loads
+    with writing(out): claim_output(out, cfg.output.overwrite, t.resume, remove=False)  # before a model loads
+    if model is None: model, tokenizer = load_model_from(cfg.model, lora.quantize)
+    if t.resume: resume_point(out / "checkpoints", model, lora.r if adapters else 0)
+    splits, dss, dropped, data = tokenize_splits(cfg, splits, dropped, data, tokenizer)
+    adapters = _fit(cfg, model, dss, adapters)  # a run that cannot fit says so now, not when the kernel kills it
+    return model, tokenizer, splits, dss, dropped, data, probe, adapters
+
 # %% ../nbs/04d_job.ipynb #520418fd
 def run_job(cfg: RunConfig, # every option of the run
             model=None, # a model already loaded; None: load `cfg.model`
@@ -419,22 +437,14 @@ def run_job(cfg: RunConfig, # every option of the run
     from gpt_finetune.model import add_lora
     from gpt_finetune.curves import plot_losses
     from gpt_finetune.train import finetune
-    from gpt_finetune.scale import process_state, resume_point
+    from gpt_finetune.scale import process_state
     from gpt_finetune.evaluation import evaluate_model
     from gpt_finetune.compare import compare_models, overfitting_report
-    from gpt_finetune.probe import compare_probe, load_probe
+    from gpt_finetune.probe import compare_probe
     out = Path(cfg.output.output_dir)
     cfg = replace(cfg, train=replace(cfg.train, output_dir=str(out / "checkpoints")))  # the trainer's folder: the run's
     state, clock, t, lora = process_state(), {}, cfg.train, cfg.lora
-    adapters = bool(lora.enabled or lora.quantize)
-    if cfg.output.adapter_only and not adapters: raise UsageError("--adapter-only needs --lora or --quantize")
-    splits, dropped, data = load_data(cfg)
-    probe = load_probe(cfg.eval.probe)  # a bad probe file stops here too, before a model loads
-    with writing(out): claim_output(out, cfg.output.overwrite, t.resume, remove=False)  # before a model loads
-    if model is None: model, tokenizer = load_model_from(cfg.model, lora.quantize)
-    if t.resume: resume_point(out / "checkpoints", model, lora.r if adapters else 0)
-    splits, dss, dropped, data = tokenize_splits(cfg, splits, dropped, data, tokenizer)
-    adapters = _fit(cfg, model, dss, adapters)  # a run that cannot fit says so now, not when the kernel kills it
+    model, tokenizer, splits, dss, dropped, data, probe, adapters = _prepare_run(cfg, out, model, tokenizer)
     popts = dict(batch_size=cfg.eval.eval_batch_size, system=cfg.data.system, progress=t.progress)
     test, opts = splits["test"], dict(max_new_tokens=cfg.eval.max_new_tokens, batch_size=cfg.eval.eval_batch_size,
                                       system=cfg.data.system, progress=t.progress)

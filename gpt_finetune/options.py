@@ -116,6 +116,7 @@ SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constan
               "inverse_sqrt")  # transformers' schedules that need no settings beyond warmup and step count
 SEED_MAX = 2**32 - 1  # numpy's seeds stop here
 
+# %% ../nbs/01a_options.ipynb #324c88fa
 @dataclass
 class TrainConfig(Checked):
     "How to fine-tune: every field has a default a beginner can trust."
@@ -199,7 +200,7 @@ class DataOptions(Checked):
 # %% ../nbs/01a_options.ipynb #be2095a1
 @dataclass
 class CleanOptions(Checked):
-    "What cleaning removes; every removal is reported (see 00b_clean)."
+    "What cleaning removes; every removal is reported (see 00c_clean)."
     near_dup: float = option(0.8, "MinHash similarity at or above which records are near duplicates (0: off)",
                              at_least=0, at_most=1)
     conflicts: str = option("keep", "same input, different outputs: report only, keep the first, or drop them all",

@@ -393,18 +393,9 @@ async def _watch(receive, conn: _Connection):
     while (await receive())["type"] != "http.disconnect": pass
     conn.disconnected()
 
-# %% ../nbs/04b_serve.ipynb #a6e21d04
-class Guard:
-    "ASGI middleware: the API key on every path but /health, the body's size and deadline, a connection watch."
-    def __init__(self,
-                 app, # the ASGI app to guard
-                 api_key: str | None = None, # clients must send 'Authorization: Bearer KEY'; None: no key needed
-                 max_body_bytes: int = 1_000_000, # larger request bodies get 413
-                 read_timeout: float = 30, # seconds the whole body may take to arrive; slower ones get 408
-                ):
-        self.app, self.key, self.limit = app, api_key and f"Bearer {api_key}".encode(), max_body_bytes
-        self.read_timeout = read_timeout
-
+# %% ../nbs/04b_serve.ipynb #a1ffb6c7
+class _BodyReader:
+    "How `Guard` reads a request body: within its size limit and its deadline."
     async def _body(self, receive, declared: bytes) -> bytes | APIError | None:
         "The request body, or the error to answer with, or None if the client left."
         too_big = APIError(413, f"The request body is larger than {self.limit} bytes", None, "request_too_large")
@@ -420,6 +411,18 @@ class Guard:
             return bytes(body)
         try: return await asyncio.wait_for(read(), self.read_timeout)
         except asyncio.TimeoutError: return _too_slow("body", self.read_timeout)
+
+# %% ../nbs/04b_serve.ipynb #a6e21d04
+class Guard(_BodyReader):
+    "ASGI middleware: the API key on every path but /health, the body's size and deadline, a connection watch."
+    def __init__(self,
+                 app, # the ASGI app to guard
+                 api_key: str | None = None, # clients must send 'Authorization: Bearer KEY'; None: no key needed
+                 max_body_bytes: int = 1_000_000, # larger request bodies get 413
+                 read_timeout: float = 30, # seconds the whole body may take to arrive; slower ones get 408
+                ):
+        self.app, self.key, self.limit = app, api_key and f"Bearer {api_key}".encode(), max_body_bytes
+        self.read_timeout = read_timeout
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http": return await self.app(scope, receive, send)

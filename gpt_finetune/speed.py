@@ -111,8 +111,54 @@ def _param_chunks(params: list, # tensors, in order
             chunk.append((p, part)); n += size
     if chunk: yield chunk
 
+# %% ../nbs/01c_speed.ipynb #88e96abc
+def _adamw_chunk(g: dict, # the parameter group: lr, betas, eps, weight_decay
+                 ps: list, # (weight, slice) pairs from `_param_chunks`
+                 sts: list, # their optimizer states
+                 master_weights: bool, # update the float32 master copies; False: stochastically round into the weights
+                ):
+    "One fused AdamW update of a chunk, computed in float32 and written back into the bf16 weights."
+    from torch.optim.adamw import adamw
+    part = lambda t, s: t if s is None else t.view(-1)[s]
+    w = ([part(st["master"], s) for st, (_, s) in zip(sts, ps)] if master_weights
+         else [part(p, s).float() for p, s in ps])
+    adamw(w, [part(p.grad, s).float() for p, s in ps],
+          [part(st["exp_avg"], s) for st, (_, s) in zip(sts, ps)],
+          [part(st["exp_avg_sq"], s) for st, (_, s) in zip(sts, ps)], [],
+          [st["step"].clone() for st in sts],  # the kernel counts the step for each slice: counted below
+          fused=True, amsgrad=False, beta1=g["betas"][0], beta2=g["betas"][1], lr=g["lr"],
+          weight_decay=g["weight_decay"], eps=g["eps"], maximize=False)
+    for (p, s), x in zip(ps, w):
+        if master_weights: part(p, s).copy_(x)
+        else: _stochastic_round_(part(p, s), x)
+
+# %% ../nbs/01c_speed.ipynb #a9eacf42
+class _MasterCopies:
+    "The float32 master copies of an optimizer for bf16 weights: kept through checkpoints, the weights at the end."
+    def load_state_dict(self, state_dict: dict):
+        "Load a saved state, keeping the moments and master copies in float32 (torch would cast them to bf16)."
+        super().load_state_dict(state_dict)
+        ids = [i for g in state_dict["param_groups"] for i in g["params"]]
+        params = [p for g in self.param_groups for p in g["params"]]
+        for i, p in zip(ids, params):
+            self.state[p].update({k: v.to(p.device) for k, v in state_dict["state"].get(i, {}).items()})
+            if self.master_weights and "master" not in state_dict["state"].get(i, {}):  # saved by an autocast run
+                self.state[p]["master"] = p.detach().float().clone()  # the weights just loaded from its checkpoint
+
+    def full_precision(self, p) -> torch.Tensor:
+        "The float32 value of weight `p`: its master copy if it has one."
+        st = self.state.get(p)
+        return st["master"] if st and "master" in st else p.detach().float()
+
+    @torch.no_grad()
+    def to_float32(self, model):
+        "Turn `model` back into float32 with the master weights in it (the masters become the weights: no copy)."
+        for g in self.param_groups:
+            for p in g["params"]: p.data = self.full_precision(p)
+        model.float()  # buffers, and any weight this optimizer does not train
+
 # %% ../nbs/01c_speed.ipynb #795b4ed8
-class Bf16AdamW(torch.optim.Optimizer):
+class Bf16AdamW(_MasterCopies, torch.optim.Optimizer):
     ("AdamW for bf16 weights: the update is computed in float32, on master copies or stochastically rounded "
      "without them.")
     def __init__(self, params, # tensors or parameter groups, as for any torch optimizer
@@ -129,16 +175,6 @@ class Bf16AdamW(torch.optim.Optimizer):
             for g in self.param_groups:
                 for p in g["params"]: self.state[p]["master"] = p.detach().float().clone()
 
-    def load_state_dict(self, state_dict: dict):
-        "Load a saved state, keeping the moments and master copies in float32 (torch would cast them to bf16)."
-        super().load_state_dict(state_dict)
-        ids = [i for g in state_dict["param_groups"] for i in g["params"]]
-        params = [p for g in self.param_groups for p in g["params"]]
-        for i, p in zip(ids, params):
-            self.state[p].update({k: v.to(p.device) for k, v in state_dict["state"].get(i, {}).items()})
-            if self.master_weights and "master" not in state_dict["state"].get(i, {}):  # saved by an autocast run
-                self.state[p]["master"] = p.detach().float().clone()  # the weights just loaded from its checkpoint
-
     def _state(self, p) -> dict:
         st = self.state[p]
         if "step" not in st:
@@ -146,35 +182,10 @@ class Bf16AdamW(torch.optim.Optimizer):
             st["exp_avg"], st["exp_avg_sq"] = (torch.zeros_like(p, dtype=torch.float32) for _ in range(2))
         return st
 
-    def full_precision(self, p) -> torch.Tensor:
-        "The float32 value of weight `p`: its master copy if it has one."
-        st = self.state.get(p)
-        return st["master"] if st and "master" in st else p.detach().float()
-
     @torch.no_grad()
     def step(self, closure=None):
-        from torch.optim.adamw import adamw
-        part = lambda t, s: t if s is None else t.view(-1)[s]
         for g in self.param_groups:
             params = [p for p in g["params"] if p.grad is not None]
             for ps in _param_chunks(params, self.chunk):
-                sts = [self._state(p) for p, _ in ps]
-                w = ([part(st["master"], s) for st, (_, s) in zip(sts, ps)] if self.master_weights
-                     else [part(p, s).float() for p, s in ps])
-                adamw(w, [part(p.grad, s).float() for p, s in ps],
-                      [part(st["exp_avg"], s) for st, (_, s) in zip(sts, ps)],
-                      [part(st["exp_avg_sq"], s) for st, (_, s) in zip(sts, ps)], [],
-                      [st["step"].clone() for st in sts],  # the kernel counts the step for each slice: counted below
-                      fused=True, amsgrad=False, beta1=g["betas"][0], beta2=g["betas"][1], lr=g["lr"],
-                      weight_decay=g["weight_decay"], eps=g["eps"], maximize=False)
-                for (p, s), x in zip(ps, w):
-                    if self.master_weights: part(p, s).copy_(x)
-                    else: _stochastic_round_(part(p, s), x)
+                _adamw_chunk(g, ps, [self._state(p) for p, _ in ps], self.master_weights)
             for p in params: self.state[p]["step"] += 1
-
-    @torch.no_grad()
-    def to_float32(self, model):
-        "Turn `model` back into float32 with the master weights in it (the masters become the weights: no copy)."
-        for g in self.param_groups:
-            for p in g["params"]: p.data = self.full_precision(p)
-        model.float()  # buffers, and any weight this optimizer does not train

@@ -22,7 +22,7 @@ from .options import TrainConfig
 from .speed import Bf16AdamW, fit_plan, tune_malloc
 
 # %% auto #0
-__all__ = ['RUN_ID_FILE', 'answer_logits', 'answer_loss_sum', 'fused_cross_entropy', 'AnswerLossTrainer', 'packed_sdpa', 'packed_attention', 'packed_rows', 'CheckpointError', 'NonFiniteLoss', 'finite_weights', 'find_checkpoint', 'check_fits', 'NoFinalCheckpoint', 'training_args', 'finetune', 'fsdp_on_cpu', 'unshard_model']
+__all__ = ['RUN_ID_FILE', 'answer_logits', 'answer_loss_sum', 'AnswerLossTrainer', 'training_args', 'finetune', 'fused_cross_entropy', 'packed_sdpa', 'packed_attention', 'packed_rows', 'CheckpointError', 'NonFiniteLoss', 'finite_weights', 'find_checkpoint', 'check_fits', 'NoFinalCheckpoint', 'fsdp_on_cpu', 'unshard_model']
 
 # %% ../nbs/02_train.ipynb #8ecd4354
 def answer_logits(model, # a causal LM
@@ -50,62 +50,9 @@ def answer_loss_sum(model, # a causal LM
     logits, y, outputs = answer_logits(model, inputs)
     return F.cross_entropy(logits.float(), y, reduction="sum"), y.numel(), outputs
 
-# %% ../nbs/02_train.ipynb #d4330143
-def fused_cross_entropy(device: str = "cuda", # the device training runs on
-                       ):
-    "Liger's fused linear-cross-entropy (summed) when `liger-kernel` is installed and `device` is CUDA, else None."
-    if device != "cuda" or importlib.util.find_spec("liger_kernel") is None: return None
-    from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
-    return LigerFusedLinearCrossEntropyLoss(reduction="sum")
-
-# %% ../nbs/02_train.ipynb #0943e004
-def _fused_loss_sum(model, inputs: dict, fused):
-    "The summed answer loss from hidden states at answer positions, through `fused`: logits never materialize."
-    inputs = dict(inputs)
-    targets = inputs.pop("labels")[0, 1:]
-    keep = (targets != -100).nonzero().squeeze(-1)
-    hidden = model.get_decoder()(**inputs, use_cache=False).last_hidden_state[0, keep]
-    head = model.get_output_embeddings()
-    return fused(head.weight, hidden, targets[keep], head.bias), keep.numel(), None
-
-# %% ../nbs/02_train.ipynb #757bbbc1
-class AnswerLossTrainer(Trainer):
-    "A `Trainer` whose loss is the token-weighted cross-entropy on labelled positions; it times evaluations and saves."
-    def __init__(self, *args, run_id: str | None = None, # written into every checkpoint; resuming checks it
-                 **kwargs):
-        super().__init__(*args, **kwargs)
-        self.model_accepts_loss_kwargs = True  # make the Trainer count answer tokens per optimizer step
-        self.loss_is_scaled_for_ga = True  # compute_loss already divides by the step's token count
-        self._eval_sums = torch.zeros(3, dtype=torch.float64)
-        self.run_id, self.timings = run_id, {"eval_s": 0.0, "checkpoint_s": 0.0}
-        self.fused = fused_cross_entropy(self.args.device.type)
-
-    def create_accelerator_and_postprocess(self):
-        super().create_accelerator_and_postprocess()
-        if self.args.fsdp_plugin_args is not None:  # FSDP asked for: on CPU processes accelerate drops it (02b_scale)
-            self.is_fsdp_enabled = fsdp_on_cpu(self.accelerator, self.args.fsdp_plugin_args)
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        loss, n, outputs = answer_loss_sum(model, inputs, self.fused if model.training else None)
-        loss = loss / (num_items_in_batch if num_items_in_batch is not None else max(n, 1))
-        if num_items_in_batch is not None and self.args.average_tokens_across_devices:
-            loss = loss * self.accelerator.num_processes  # DDP averages gradients over processes
-        return (loss, outputs) if return_outputs else loss
-
-    def training_step(self, model, inputs, num_items_in_batch=None):
-        loss = super().training_step(model, inputs, num_items_in_batch)
-        here = not torch.isfinite(loss).all()
-        if self._on_any_process(here):  # before the optimizer applies its gradients
-            what = f"the loss is {loss.item()}" if here else "the loss is not finite on another process"
-            raise NonFiniteLoss(f"training diverged at step {self.state.global_step + 1}: {what}; nothing from this "
-                                f"step on was saved (try a learning rate below {self.args.learning_rate:g})")
-        return loss
-
-    def _on_any_process(self, flag) -> bool:
-        "True on every process when `flag` is true on any: they stop together, or the others wait forever."
-        if self.accelerator.num_processes == 1: return bool(flag)
-        return bool(self.accelerator.reduce(torch.tensor([float(flag)], device=self.args.device), "sum").item())
-
+# %% ../nbs/02_train.ipynb #76772776
+class _AnswerEval:
+    "Evaluation on answer tokens: loss, perplexity and token accuracy summed over every process, and timed."
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         inputs = self._prepare_inputs(inputs)
         with torch.no_grad(), self.compute_loss_context_manager():
@@ -130,6 +77,23 @@ class AnswerLossTrainer(Trainer):
         try: return super().evaluate(*args, **kwargs)
         finally: self.timings["eval_s"] += time.perf_counter() - start
 
+# %% ../nbs/02_train.ipynb #d9a38fb0
+class _SafeSteps:
+    "Stops a diverging run before a broken step or checkpoint is kept; rotates this run's checkpoints only."
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        here = not torch.isfinite(loss).all()
+        if self._on_any_process(here):  # before the optimizer applies its gradients
+            what = f"the loss is {loss.item()}" if here else "the loss is not finite on another process"
+            raise NonFiniteLoss(f"training diverged at step {self.state.global_step + 1}: {what}; nothing from this "
+                                f"step on was saved (try a learning rate below {self.args.learning_rate:g})")
+        return loss
+
+    def _on_any_process(self, flag) -> bool:
+        "True on every process when `flag` is true on any: they stop together, or the others wait forever."
+        if self.accelerator.num_processes == 1: return bool(flag)
+        return bool(self.accelerator.reduce(torch.tensor([float(flag)], device=self.args.device), "sum").item())
+
     def _save_checkpoint(self, model, trial):
         if self._on_any_process(not finite_weights(model)):  # never a resumable "latest" checkpoint of broken weights
             raise NonFiniteLoss(f"training diverged by step {self.state.global_step}: the weights are not finite; "
@@ -143,6 +107,185 @@ class AnswerLossTrainer(Trainer):
             (Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}" / RUN_ID_FILE).write_text(self.run_id)
             if limit: _keep_newest(Path(self.args.output_dir), self.run_id, limit)
         self.timings["checkpoint_s"] += time.perf_counter() - start
+
+# %% ../nbs/02_train.ipynb #757bbbc1
+class AnswerLossTrainer(_SafeSteps, _AnswerEval, Trainer):
+    "A `Trainer` whose loss is the token-weighted cross-entropy on labelled positions; it times evaluations and saves."
+    def __init__(self, *args, run_id: str | None = None, # written into every checkpoint; resuming checks it
+                 **kwargs):
+        super().__init__(*args, **kwargs)
+        self.model_accepts_loss_kwargs = True  # make the Trainer count answer tokens per optimizer step
+        self.loss_is_scaled_for_ga = True  # compute_loss already divides by the step's token count
+        self._eval_sums = torch.zeros(3, dtype=torch.float64)
+        self.run_id, self.timings = run_id, {"eval_s": 0.0, "checkpoint_s": 0.0}
+        self.fused = fused_cross_entropy(self.args.device.type)
+
+    def create_accelerator_and_postprocess(self):
+        super().create_accelerator_and_postprocess()
+        if self.args.fsdp_plugin_args is not None:  # FSDP asked for: on CPU processes accelerate drops it (02b_scale)
+            self.is_fsdp_enabled = fsdp_on_cpu(self.accelerator, self.args.fsdp_plugin_args)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss, n, outputs = answer_loss_sum(model, inputs, self.fused if model.training else None)
+        loss = loss / (num_items_in_batch if num_items_in_batch is not None else max(n, 1))
+        if num_items_in_batch is not None and self.args.average_tokens_across_devices:
+            loss = loss * self.accelerator.num_processes  # DDP averages gradients over processes
+        return (loss, outputs) if return_outputs else loss
+
+# %% ../nbs/02_train.ipynb #35a48d8e
+def training_args(cfg: TrainConfig, # the run's training options
+                  has_eval: bool = True, # there is validation data to evaluate on
+                  autocast: bool = True, # False: the model itself holds bf16 weights (see `Bf16AdamW`), no autocast
+                 ) -> TrainingArguments:
+    "`TrainingArguments` for `cfg`: packed batches, answer-only loss, the precision the hardware does best."
+    device = best_device() if cfg.device == "auto" else cfg.device
+    prec = best_precision(device) if cfg.precision == "auto" else cfg.precision
+    gpu, evals = device == "cuda", has_eval and cfg.eval_every > 0
+    # FSDP2 (02b_scale) needs several processes; a full state dict makes checkpoints hold plain safetensors
+    fsdp = getattr(cfg, "fsdp", False) and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return TrainingArguments(
+        output_dir=cfg.output_dir, num_train_epochs=cfg.epochs, learning_rate=cfg.learning_rate,
+        per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum, warmup_steps=cfg.warmup, lr_scheduler_type=cfg.scheduler,
+        weight_decay=cfg.weight_decay,
+        optim="adamw_torch_fused" if device != "mps" else "adamw_torch",  # one kernel per step
+        bf16=prec == "bf16" and autocast, fp16=prec == "fp16", use_cpu=device == "cpu",
+        fsdp=True if fsdp else None, fsdp_config={"version": 2, "state_dict_type": "FULL_STATE_DICT"} if fsdp else None,
+        eval_strategy="steps" if evals else "no", eval_steps=cfg.eval_every or None,
+        logging_steps=cfg.log_every, report_to=tracker(cfg.report_to),
+        save_strategy="steps" if cfg.save_every else "no", save_steps=cfg.save_every or 500,
+        save_total_limit=cfg.save_limit or None, seed=cfg.seed, data_seed=cfg.seed,
+        remove_unused_columns=False, prediction_loss_only=True, dataloader_pin_memory=gpu,
+        disable_tqdm=not cfg.progress)
+
+# %% ../nbs/02_train.ipynb #0ab79525
+def _start_run(cfg: TrainConfig, model, resume: bool | str) -> tuple[Path | None, str]:
+    "The checked checkpoint to resume from (or None) and this run's id, written into the output folder on rank 0."
+    out = Path(cfg.output_dir)
+    ckpt = (find_checkpoint(out) if resume is True else Path(resume)) if resume else None
+    if ckpt: check_fits(ckpt, model, _run_id(out))  # before the Trainer touches anything
+    run_id = _run_id(ckpt) if ckpt else uuid.uuid4().hex[:12]
+    if int(os.environ.get("RANK", "0")) == 0:
+        out.mkdir(parents=True, exist_ok=True); (out / RUN_ID_FILE).write_text(run_id)
+    return ckpt, run_id
+
+# %% ../nbs/02_train.ipynb #b551f972
+def _final_metrics(trainer, best: BestWeights | None, valid_ds, step: int) -> dict:
+    "Validation metrics of the model we keep: the best weights put back, else the last evaluation if it was at the end."
+    if valid_ds is None: return {}
+    if best is not None and best.restore(trainer.model): return best.metrics
+    last = next((e for e in reversed(trainer.state.log_history) if "eval_loss" in e), None)
+    return last if last and last["step"] == step else trainer.evaluate()
+
+# %% ../nbs/02_train.ipynb #68bfd666
+def _fit_to_memory(model, train_ds, cfg: TrainConfig, device: str) -> TrainConfig:
+    "`cfg` with the batch size and gradient checkpointing that fit the device's free memory (`fit_plan`, or `WontFit`)."
+    frozen = not all(p.requires_grad for p in model.parameters())  # LoRA adapters added: the weights do not train
+    plan = fit_plan(model, sum(train_ds["length"]) / max(len(train_ds), 1), cfg.batch_size, lora=frozen,
+                    checkpointing=cfg.gradient_checkpointing, device=device, can_add_lora=False)  # or WontFit
+    return replace(cfg, batch_size=plan["batch_size"], gradient_checkpointing=plan["gradient_checkpointing"])
+
+# %% ../nbs/02_train.ipynb #85a1c5a7
+def _callbacks(cfg: TrainConfig, best: BestWeights | None, callbacks: list | None) -> tuple[LivePlot, list]:
+    "The run's loss history (a `LivePlot`) and every callback the Trainer gets, the caller's last."
+    out, history = Path(cfg.output_dir), LivePlot(Path(cfg.output_dir) / "loss.png", best=best)  # marks the kept step
+    return history, [history, EvalLog(), TrainingLog(out / "training_log.csv"), *([best] if best else []),
+                     *([] if cfg.keep_checkpoints else [NoFinalCheckpoint()]), *(callbacks or [])]
+
+# %% ../nbs/02_train.ipynb #3c77421c
+def _make_trainer(model, args, train_ds, valid_ds, cfg: TrainConfig, bf16: bool, cbs: list, run_id: str):
+    "The `AnswerLossTrainer` of one run, with `Bf16AdamW` when the model trains in bf16 weights."
+    opt = Bf16AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay) if bf16 else None
+    if opt: model.to(torch.bfloat16)  # after the float32 master copies were taken
+    trainer = AnswerLossTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=valid_ds,
+                                optimizers=(opt, None),
+                                data_collator=PackedCollator(), callbacks=cbs, run_id=run_id)
+    if not cfg.progress: trainer.remove_callback(PrinterCallback)  # it prints raw log dicts; EvalLog says it in words
+    return trainer, opt
+
+# %% ../nbs/02_train.ipynb #82573eb3
+def _train(trainer, model, device: str, ckpt: Path | None, opt, cfg: TrainConfig) -> tuple:
+    "`trainer.train()` on packed rows: its result and the attention kernel used; no half-written checkpoint stays."
+    with packed_rows(model, device) as attention:  # the caller gets its attention kernel back, even after a failure
+        try: result = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
+        except BaseException:  # a full disk mid-checkpoint, Ctrl-C, divergence: no half-written checkpoint stays
+            for c in _checkpoints(Path(cfg.output_dir)) if trainer.is_world_process_zero() else []:
+                if _half_written(c): shutil.rmtree(c, ignore_errors=True)
+            raise
+        finally:
+            if opt: opt.to_float32(model)  # and a float32 model with the master weights
+    if not finite_weights(model):  # the last step's update overflowed: such weights are never handed on
+        raise NonFiniteLoss(f"training diverged at its last step ({result.global_step}): the weights are not finite "
+                            f"(try a learning rate below {cfg.learning_rate:g})")
+    return result, attention
+
+# %% ../nbs/02_train.ipynb #33850a28
+def _throughput(train_ds, cfg: TrainConfig, done: float, seconds: float, t: dict, eval_s: float) -> dict:
+    "Phase times and tokens per second of this session's share `done` of the run (1 unless it resumed)."
+    train_s = max(seconds - t["eval_s"] - t["checkpoint_s"], 1e-6)  # a run resumed at its last step trains for ~0 s
+    tokens = int(sum(train_ds["length"]) * cfg.epochs * done)  # this session's share when resumed
+    answer = int(sum(sum(l != -100 for l in ls) for ls in train_ds["labels"]) * cfg.epochs * done)
+    return {"runtime_s": round(seconds, 2), "train_s": round(train_s, 2), "eval_s": round(eval_s, 2),
+            "checkpoint_s": round(t["checkpoint_s"], 2), "train_tokens": tokens, "answer_tokens": answer,
+            "tokens_per_s": round(tokens / train_s, 1), "answer_tokens_per_s": round(answer / train_s, 1)}
+
+# %% ../nbs/02_train.ipynb #7bddb232
+def finetune(model, # a causal LM, trained in place (full weights, or LoRA adapters added by `add_lora`)
+             tokenizer, # its tokenizer
+             train_ds, # tokenized training examples (`tokenize_records`): input_ids and labels
+             valid_ds=None, # tokenized validation examples; None: no evaluation and no early stopping
+             cfg: TrainConfig | None = None, # the training options; None: `TrainConfig()`
+             callbacks: list | None = None, # more `TrainerCallback`s for the Trainer
+             resume: bool | str | None = None, # True: last checkpoint in cfg.output_dir; a path: it; None: cfg.resume
+             remove_checkpoints: bool | None = None, # False: leave them to the caller; None: unless keep_checkpoints
+            ) -> dict:
+    "Fine-tune `model` in place on tokenized datasets; returns run statistics, phase timings and the loss history."
+    cfg = cfg or TrainConfig()
+    device = best_device() if cfg.device == "auto" else cfg.device
+    cfg = _fit_to_memory(model, train_ds, cfg, device)
+    if cfg.gradient_checkpointing: gradient_checkpointing(model)
+    if device == "cpu": tune_malloc()  # reuse activation buffers instead of faulting in fresh pages every step
+    prec = best_precision(device) if cfg.precision == "auto" else cfg.precision
+    bf16 = _bf16_weights(cfg, model, device, prec)
+    args = training_args(cfg, valid_ds is not None, autocast=not bf16)  # checks the tracker before anything is written
+    ckpt, run_id = _start_run(cfg, model, cfg.resume if resume is None else resume)
+    best = BestWeights(cfg.early_stopping) if valid_ds is not None and cfg.eval_every and cfg.early_stopping else None
+    out, (history, cbs) = Path(cfg.output_dir), _callbacks(cfg, best, callbacks)
+    trainer, opt = _make_trainer(model, args, train_ds, valid_ds, cfg, bf16, cbs, run_id)
+    start = time.perf_counter()
+    result, attention = _train(trainer, model, device, ckpt, opt, cfg)
+    seconds, t = time.perf_counter() - start, dict(trainer.timings)
+    if ckpt: _restore_history(history, trainer.state.log_history, _step(ckpt))
+    final = _final_metrics(trainer, best, valid_ds, result.global_step)
+    if trainer.is_fsdp_enabled: unshard_model(model)  # every process gets the full weights back, to evaluate and save
+    remove = not cfg.keep_checkpoints if remove_checkpoints is None else remove_checkpoints
+    freed = _remove_checkpoints(out, run_id) if remove and trainer.is_world_process_zero() else 0
+    done = (result.global_step - _step(ckpt)) / max(result.global_step, 1) if ckpt else 1  # share of the run done now
+    return {**_throughput(train_ds, cfg, done, seconds, t, trainer.timings["eval_s"]),
+            "steps": result.global_step, "resumed_from": _step(ckpt) if ckpt else None,
+            "final_train_loss": history.train[-1][1] if history.train else result.training_loss,
+            "final_eval_loss": final.get("eval_loss"), "final_eval_perplexity": final.get("eval_perplexity"),
+            "final_eval_token_accuracy": final.get("eval_token_accuracy"), "best_step": best.step if best else None,
+            "batch_size": cfg.batch_size, "attention": attention, "bf16_weights": bf16, "run_id": run_id,
+            "checkpoint_bytes_freed": freed, "history": history}
+
+# %% ../nbs/02_train.ipynb #d4330143
+def fused_cross_entropy(device: str = "cuda", # the device training runs on
+                       ):
+    "Liger's fused linear-cross-entropy (summed) when `liger-kernel` is installed and `device` is CUDA, else None."
+    if device != "cuda" or importlib.util.find_spec("liger_kernel") is None: return None
+    from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+    return LigerFusedLinearCrossEntropyLoss(reduction="sum")
+
+# %% ../nbs/02_train.ipynb #0943e004
+def _fused_loss_sum(model, inputs: dict, fused):
+    "The summed answer loss from hidden states at answer positions, through `fused`: logits never materialize."
+    inputs = dict(inputs)
+    targets = inputs.pop("labels")[0, 1:]
+    keep = (targets != -100).nonzero().squeeze(-1)
+    hidden = model.get_decoder()(**inputs, use_cache=False).last_hidden_state[0, keep]
+    head = model.get_output_embeddings()
+    return fused(head.weight, hidden, targets[keep], head.bias), keep.numel(), None
 
 # %% ../nbs/02_train.ipynb #fdbb1c56
 def _example_starts(position_ids: torch.Tensor) -> torch.Tensor:
@@ -368,118 +511,6 @@ def _bf16_weights(cfg: TrainConfig, model, device: str, prec: str) -> bool:
         os.environ.get(f"ACCELERATE_USE_{k}", "").lower() in ("1", "true") for k in ("FSDP", "DEEPSPEED"))
     quantized = getattr(model, "hf_quantizer", None) is not None and getattr(model, "is_quantized", False)
     return not sharded and not quantized and all(p.requires_grad for p in model.parameters())
-
-# %% ../nbs/02_train.ipynb #35a48d8e
-def training_args(cfg: TrainConfig, # the run's training options
-                  has_eval: bool = True, # there is validation data to evaluate on
-                  autocast: bool = True, # False: the model itself holds bf16 weights (see `Bf16AdamW`), no autocast
-                 ) -> TrainingArguments:
-    "`TrainingArguments` for `cfg`: packed batches, answer-only loss, the precision the hardware does best."
-    device = best_device() if cfg.device == "auto" else cfg.device
-    prec = best_precision(device) if cfg.precision == "auto" else cfg.precision
-    gpu, evals = device == "cuda", has_eval and cfg.eval_every > 0
-    # FSDP2 (02b_scale) needs several processes; a full state dict makes checkpoints hold plain safetensors
-    fsdp = getattr(cfg, "fsdp", False) and int(os.environ.get("WORLD_SIZE", "1")) > 1
-    return TrainingArguments(
-        output_dir=cfg.output_dir, num_train_epochs=cfg.epochs, learning_rate=cfg.learning_rate,
-        per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=cfg.grad_accum, warmup_steps=cfg.warmup, lr_scheduler_type=cfg.scheduler,
-        weight_decay=cfg.weight_decay,
-        optim="adamw_torch_fused" if device != "mps" else "adamw_torch",  # one kernel per step
-        bf16=prec == "bf16" and autocast, fp16=prec == "fp16", use_cpu=device == "cpu",
-        fsdp=True if fsdp else None, fsdp_config={"version": 2, "state_dict_type": "FULL_STATE_DICT"} if fsdp else None,
-        eval_strategy="steps" if evals else "no", eval_steps=cfg.eval_every or None,
-        logging_steps=cfg.log_every, report_to=tracker(cfg.report_to),
-        save_strategy="steps" if cfg.save_every else "no", save_steps=cfg.save_every or 500,
-        save_total_limit=cfg.save_limit or None, seed=cfg.seed, data_seed=cfg.seed,
-        remove_unused_columns=False, prediction_loss_only=True, dataloader_pin_memory=gpu,
-        disable_tqdm=not cfg.progress)
-
-# %% ../nbs/02_train.ipynb #0ab79525
-def _start_run(cfg: TrainConfig, model, resume: bool | str) -> tuple[Path | None, str]:
-    "The checked checkpoint to resume from (or None) and this run's id, written into the output folder on rank 0."
-    out = Path(cfg.output_dir)
-    ckpt = (find_checkpoint(out) if resume is True else Path(resume)) if resume else None
-    if ckpt: check_fits(ckpt, model, _run_id(out))  # before the Trainer touches anything
-    run_id = _run_id(ckpt) if ckpt else uuid.uuid4().hex[:12]
-    if int(os.environ.get("RANK", "0")) == 0:
-        out.mkdir(parents=True, exist_ok=True); (out / RUN_ID_FILE).write_text(run_id)
-    return ckpt, run_id
-
-# %% ../nbs/02_train.ipynb #b551f972
-def _final_metrics(trainer, best: BestWeights | None, valid_ds, step: int) -> dict:
-    "Validation metrics of the model we keep: the best weights put back, else the last evaluation if it was at the end."
-    if valid_ds is None: return {}
-    if best is not None and best.restore(trainer.model): return best.metrics
-    last = next((e for e in reversed(trainer.state.log_history) if "eval_loss" in e), None)
-    return last if last and last["step"] == step else trainer.evaluate()
-
-# %% ../nbs/02_train.ipynb #7bddb232
-def finetune(model, # a causal LM, trained in place (full weights, or LoRA adapters added by `add_lora`)
-             tokenizer, # its tokenizer
-             train_ds, # tokenized training examples (`tokenize_records`): input_ids and labels
-             valid_ds=None, # tokenized validation examples; None: no evaluation and no early stopping
-             cfg: TrainConfig | None = None, # the training options; None: `TrainConfig()`
-             callbacks: list | None = None, # more `TrainerCallback`s for the Trainer
-             resume: bool | str | None = None, # True: last checkpoint in cfg.output_dir; a path: it; None: cfg.resume
-             remove_checkpoints: bool | None = None, # False: leave them to the caller; None: unless keep_checkpoints
-            ) -> dict:
-    "Fine-tune `model` in place on tokenized datasets; returns run statistics, phase timings and the loss history."
-    cfg = cfg or TrainConfig()
-    device = best_device() if cfg.device == "auto" else cfg.device
-    frozen = not all(p.requires_grad for p in model.parameters())  # LoRA adapters added: the weights do not train
-    plan = fit_plan(model, sum(train_ds["length"]) / max(len(train_ds), 1), cfg.batch_size, lora=frozen,
-                    checkpointing=cfg.gradient_checkpointing, device=device, can_add_lora=False)  # or WontFit
-    cfg = replace(cfg, batch_size=plan["batch_size"], gradient_checkpointing=plan["gradient_checkpointing"])
-    if cfg.gradient_checkpointing: gradient_checkpointing(model)
-    if device == "cpu": tune_malloc()  # reuse activation buffers instead of faulting in fresh pages every step
-    prec = best_precision(device) if cfg.precision == "auto" else cfg.precision
-    bf16 = _bf16_weights(cfg, model, device, prec)
-    args = training_args(cfg, valid_ds is not None, autocast=not bf16)  # checks the tracker before anything is written
-    ckpt, run_id = _start_run(cfg, model, cfg.resume if resume is None else resume)
-    best = BestWeights(cfg.early_stopping) if valid_ds is not None and cfg.eval_every and cfg.early_stopping else None
-    out, history = Path(cfg.output_dir), LivePlot(Path(cfg.output_dir) / "loss.png", best=best)  # marks the kept step
-    cbs = [history, EvalLog(), TrainingLog(out / "training_log.csv"), *([best] if best else []),
-           *([] if cfg.keep_checkpoints else [NoFinalCheckpoint()]), *(callbacks or [])]
-    opt = Bf16AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay) if bf16 else None
-    if opt: model.to(torch.bfloat16)  # after the float32 master copies were taken
-    trainer = AnswerLossTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=valid_ds,
-                                optimizers=(opt, None),
-                                data_collator=PackedCollator(), callbacks=cbs, run_id=run_id)
-    if not cfg.progress: trainer.remove_callback(PrinterCallback)  # it prints raw log dicts; EvalLog says it in words
-    start = time.perf_counter()
-    with packed_rows(model, device) as attention:  # the caller gets its attention kernel back, even after a failure
-        try: result = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
-        except BaseException:  # a full disk mid-checkpoint, Ctrl-C, divergence: no half-written checkpoint stays
-            for c in _checkpoints(out) if trainer.is_world_process_zero() else []:
-                if _half_written(c): shutil.rmtree(c, ignore_errors=True)
-            raise
-        finally:
-            if opt: opt.to_float32(model)  # and a float32 model with the master weights
-    if not finite_weights(model):  # the last step's update overflowed: such weights are never handed on
-        raise NonFiniteLoss(f"training diverged at its last step ({result.global_step}): the weights are not finite "
-                            f"(try a learning rate below {cfg.learning_rate:g})")
-    seconds, t = time.perf_counter() - start, dict(trainer.timings)
-    if ckpt: _restore_history(history, trainer.state.log_history, _step(ckpt))
-    final = _final_metrics(trainer, best, valid_ds, result.global_step)
-    if trainer.is_fsdp_enabled:
-        unshard_model(model)  # every process gets the full weights back: the caller evaluates and saves as usual
-    remove = not cfg.keep_checkpoints if remove_checkpoints is None else remove_checkpoints
-    freed = _remove_checkpoints(out, run_id) if remove and trainer.is_world_process_zero() else 0
-    done = (result.global_step - _step(ckpt)) / max(result.global_step, 1) if ckpt else 1  # share of the run done now
-    train_s = max(seconds - t["eval_s"] - t["checkpoint_s"], 1e-6)  # a run resumed at its last step trains for ~0 s
-    tokens = int(sum(train_ds["length"]) * cfg.epochs * done)  # this session's share when resumed
-    answer = int(sum(sum(l != -100 for l in ls) for ls in train_ds["labels"]) * cfg.epochs * done)
-    return {"runtime_s": round(seconds, 2), "train_s": round(train_s, 2), "eval_s": round(trainer.timings["eval_s"], 2),
-            "checkpoint_s": round(t["checkpoint_s"], 2), "train_tokens": tokens, "answer_tokens": answer,
-            "tokens_per_s": round(tokens / train_s, 1), "answer_tokens_per_s": round(answer / train_s, 1),
-            "steps": result.global_step, "resumed_from": _step(ckpt) if ckpt else None,
-            "final_train_loss": history.train[-1][1] if history.train else result.training_loss,
-            "final_eval_loss": final.get("eval_loss"), "final_eval_perplexity": final.get("eval_perplexity"),
-            "final_eval_token_accuracy": final.get("eval_token_accuracy"), "best_step": best.step if best else None,
-            "batch_size": cfg.batch_size, "attention": attention, "bf16_weights": bf16, "run_id": run_id,
-            "checkpoint_bytes_freed": freed,
-            "history": history}
 
 # %% ../nbs/02b_scale.ipynb #74569d32
 def fsdp_on_cpu(accelerator, # the Trainer's `Accelerator`, just created

@@ -81,6 +81,30 @@ _REFUSED = {  # field -> (is this value harmless?, why it is refused otherwise);
     **{f"guided_{k}": (_is(), "guided decoding is not supported; use response_format") for k in
        ("json", "regex", "choice", "grammar")}}
 
+# %% ../nbs/04a_worker.ipynb #cca4f23d
+def _acceptable_body(refused: dict, body):
+    "The request body, unless it holds a lone surrogate or a field in `refused` with a value this server cannot honour."
+    if path := surrogate_path(body): refuse(path, "holds a lone surrogate, which is not text", "invalid_value")
+    for name, (harmless, why) in refused.items():
+        if isinstance(body, dict) and name in body and not harmless(body[name], body): refuse(name, why)
+    return body
+
+def _checked_stops(v):
+    "`stop` as a list, at most `MAX_STOPS` strings of 1 to `MAX_STOP_CHARS` characters."
+    stops = [v] if isinstance(v, str) else v or []
+    if len(stops) > MAX_STOPS: raise ValueError(f"at most {MAX_STOPS} stop strings are allowed, got {len(stops)}")
+    if not all(0 < len(s) <= MAX_STOP_CHARS for s in stops):
+        raise ValueError(f"each stop string must have 1 to {MAX_STOP_CHARS} characters")
+    return stops
+
+def _checked_bias(v):
+    "`logit_bias`, its keys token ids and its values in [-100, 100]."
+    for k, b in (v or {}).items():
+        if not re.fullmatch(r"\d{1,10}", k): raise ValueError(f"keys must be token ids, got {k[:20]!r}")
+        if not -100 <= b <= 100: raise ValueError(f"biases must lie in [-100, 100], token {k} has {b}")
+    return v
+
+# %% ../nbs/04a_worker.ipynb #181102c5
 class BaseRequest(BaseModel):
     "The fields chat and completion requests share: model, limits, sampling, score shaping, stop strings, streaming."
     model_config = ConfigDict(extra="ignore", strict=True, allow_inf_nan=False)
@@ -101,28 +125,15 @@ class BaseRequest(BaseModel):
 
     @model_validator(mode="before")
     @classmethod
-    def _acceptable(cls, body):
-        if path := surrogate_path(body): refuse(path, "holds a lone surrogate, which is not text", "invalid_value")
-        for name, (harmless, why) in cls.refused.items():
-            if isinstance(body, dict) and name in body and not harmless(body[name], body): refuse(name, why)
-        return body
+    def _acceptable(cls, body): return _acceptable_body(cls.refused, body)
 
     @field_validator("stop")
     @classmethod
-    def _stops(cls, v):
-        stops = [v] if isinstance(v, str) else v or []
-        if len(stops) > MAX_STOPS: raise ValueError(f"at most {MAX_STOPS} stop strings are allowed, got {len(stops)}")
-        if not all(0 < len(s) <= MAX_STOP_CHARS for s in stops):
-            raise ValueError(f"each stop string must have 1 to {MAX_STOP_CHARS} characters")
-        return stops
+    def _stops(cls, v): return _checked_stops(v)
 
     @field_validator("logit_bias")
     @classmethod
-    def _bias(cls, v):
-        for k, b in (v or {}).items():
-            if not re.fullmatch(r"\d{1,10}", k): raise ValueError(f"keys must be token ids, got {k[:20]!r}")
-            if not -100 <= b <= 100: raise ValueError(f"biases must lie in [-100, 100], token {k} has {b}")
-        return v
+    def _bias(cls, v): return _checked_bias(v)
 
     def shaping(self) -> dict:
         "The `make_shaper` arguments this request sets; empty when it leaves the model's scores alone."
@@ -308,25 +319,9 @@ class WorkerStopped(Exception):
     "The worker is not running, so nothing queued now would ever be answered."
     pass
 
-# %% ../nbs/04a_worker.ipynb #85156f3f
-class JobQueue:
-    "Jobs waiting for the model, at most `max_queue`; `take` removes the next batch."
-    def __init__(self,
-                 max_queue: int = 64, # `put` raises `QueueFull` while this many jobs wait
-                ):
-        self.max_queue, self.jobs, self.cond = max_queue, collections.deque(), threading.Condition()
-        self.closed, self.dropped = False, 0  # dropped: jobs whose clients left before they ran
-
-    def __len__(self) -> int: return len(self.jobs)
-
-    def put(self, job: Job):
-        "Queue `job`, or raise `QueueFull` / `WorkerStopped` rather than let it wait without end."
-        with self.cond:
-            if self.closed: raise WorkerStopped("the model worker has stopped")
-            if len(self.jobs) >= self.max_queue: raise QueueFull(f"{len(self.jobs)} requests are already waiting")
-            self.jobs.append(job)
-            self.cond.notify()
-
+# %% ../nbs/04a_worker.ipynb #e8442edb
+class _TakeBatch:
+    "How `JobQueue` hands the worker its next batch: wait briefly for more jobs, drop cancelled ones, plan."
     def take(self,
              plan: Callable[[list[Job]], list[Job]], # picks the batch from the waiting jobs
              enough: int = 16, # stop waiting once this many jobs are queued
@@ -349,6 +344,25 @@ class JobQueue:
             for job in batch: self.jobs.remove(job)
             return batch
 
+# %% ../nbs/04a_worker.ipynb #85156f3f
+class JobQueue(_TakeBatch):
+    "Jobs waiting for the model, at most `max_queue`; `take` removes the next batch."
+    def __init__(self,
+                 max_queue: int = 64, # `put` raises `QueueFull` while this many jobs wait
+                ):
+        self.max_queue, self.jobs, self.cond = max_queue, collections.deque(), threading.Condition()
+        self.closed, self.dropped = False, 0  # dropped: jobs whose clients left before they ran
+
+    def __len__(self) -> int: return len(self.jobs)
+
+    def put(self, job: Job):
+        "Queue `job`, or raise `QueueFull` / `WorkerStopped` rather than let it wait without end."
+        with self.cond:
+            if self.closed: raise WorkerStopped("the model worker has stopped")
+            if len(self.jobs) >= self.max_queue: raise QueueFull(f"{len(self.jobs)} requests are already waiting")
+            self.jobs.append(job)
+            self.cond.notify()
+
     def close(self) -> list[Job]:
         "Refuse new jobs; return those still waiting."
         with self.cond:
@@ -356,8 +370,41 @@ class JobQueue:
             self.jobs.clear(); self.cond.notify_all()
         return left
 
+# %% ../nbs/04a_worker.ipynb #6bd6e2b5
+class _GenerateBatch:
+    "How `BatchWorker` runs one batch: the generation core, each token sent to its job as it comes, counted."
+    def _generate(self, jobs: list[Job]):
+        self.stats.update(batches=1, rows=len(jobs))
+        self.stats["largest_batch"] = max(self.stats["largest_batch"], len(jobs))
+        head = jobs[0]
+        outs = generate_ids(self.model, self.tokenizer, [j.prompt_ids for j in jobs], [j.max_tokens for j in jobs],
+                            on_token=lambda i, t, info: jobs[i].send((t, info)), cancelled=lambda i: jobs[i].cancelled,
+                            stop=[j.stop for j in jobs], shapers=[j.shaper for j in jobs],
+                            logprobs=[j.logprobs for j in jobs],
+                            **sampling_args(head.temperature, head.top_p, head.seed))
+        for job, out in zip(jobs, outs):
+            job.send(Finish(out["finish_reason"], out["text"], out["completion_tokens"]))
+            self.stats[out["finish_reason"]] += 1
+
+# %% ../nbs/04a_worker.ipynb #10c8d7e5
+class _RetryAlone:
+    "How `BatchWorker` recovers from a failed batch: each job again alone; an error only for one that fails alone."
+    def _fail(self, job: Job):
+        if not job.finished: job.send(Finish("error")); self.stats["error"] += 1
+
+    def _answer_alone(self, batch: list[Job]):
+        "Generate each job of a failed batch by itself, so that only a job that fails alone gets an error."
+        for job in [j for j in batch if not j.finished]:
+            if len(batch) == 1 or job.sent: self._fail(job); continue  # streamed tokens cannot be taken back
+            try:
+                if job.shaping: job.shaper = make_shaper(self.tokenizer, **job.shaping)  # the old one saw the batch
+                self._generate([job])
+            except Exception:
+                _log.exception("job %s failed alone", job.id)
+                self._fail(job)
+
 # %% ../nbs/04a_worker.ipynb #d595e5a5
-class BatchWorker:
+class BatchWorker(_RetryAlone, _GenerateBatch):
     "A thread that owns the model and generates queued jobs in batches; a failed batch's jobs are retried alone."
     def __init__(self,
                  model, # a transformers causal LM; the worker puts it in eval mode and alone calls it
@@ -394,30 +441,3 @@ class BatchWorker:
                     self._answer_alone(batch)
         finally:
             for j in self.queue.close(): j.send(Finish("unavailable"))
-
-    def _fail(self, job: Job):
-        if not job.finished: job.send(Finish("error")); self.stats["error"] += 1
-
-    def _answer_alone(self, batch: list[Job]):
-        "Generate each job of a failed batch by itself, so that only a job that fails alone gets an error."
-        for job in [j for j in batch if not j.finished]:
-            if len(batch) == 1 or job.sent: self._fail(job); continue  # streamed tokens cannot be taken back
-            try:
-                if job.shaping: job.shaper = make_shaper(self.tokenizer, **job.shaping)  # the old one saw the batch
-                self._generate([job])
-            except Exception:
-                _log.exception("job %s failed alone", job.id)
-                self._fail(job)
-
-    def _generate(self, jobs: list[Job]):
-        self.stats.update(batches=1, rows=len(jobs))
-        self.stats["largest_batch"] = max(self.stats["largest_batch"], len(jobs))
-        head = jobs[0]
-        outs = generate_ids(self.model, self.tokenizer, [j.prompt_ids for j in jobs], [j.max_tokens for j in jobs],
-                            on_token=lambda i, t, info: jobs[i].send((t, info)), cancelled=lambda i: jobs[i].cancelled,
-                            stop=[j.stop for j in jobs], shapers=[j.shaper for j in jobs],
-                            logprobs=[j.logprobs for j in jobs],
-                            **sampling_args(head.temperature, head.top_p, head.seed))
-        for job, out in zip(jobs, outs):
-            job.send(Finish(out["finish_reason"], out["text"], out["completion_tokens"]))
-            self.stats[out["finish_reason"]] += 1

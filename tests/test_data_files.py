@@ -21,7 +21,7 @@ def test_bundled_sample_is_valid_and_licensed():
     kept, rows = clean_dataset(loaded.records)
     dropped = [(r["reason"], r["source"]) for r in rows if r["action"] == "dropped"]
     assert dropped == [("normalized_duplicate", "chatterbot_pairs.json:230 record 57"),
-                       ("near_duplicate", "chatterbot_pairs.json:1250 record 312")]  # what 00b_clean shows
+                       ("near_duplicate", "chatterbot_pairs.json:1250 record 312")]  # what 00c_clean shows
     assert len(kept) == 598
     notice = (default_data_path().parent / "LICENSE-chatterbot-corpus.txt").read_text()
     assert "BSD 3-Clause" in notice and "Gunther Cox" in notice
