@@ -33,7 +33,8 @@ def main(extra: list[str]):
               "peak_bf16_gflops": round(peaks["bfloat16"] / 1e9), "peak_fp32_gflops": round(peaks["float32"] / 1e9),
               "timings": metrics["timings"], "data": metrics["data"],
               "train": {k: metrics["train"].get(k) for k in TRAIN_KEYS}, "disk": metrics.get("disk"),
-              "base": metrics["base"], "finetuned": metrics["finetuned"], "comparison": metrics["comparison"]}
+              "base": metrics["base"], "finetuned": metrics["finetuned"], "comparison": metrics["comparison"],
+              "probe": metrics.get("probe")}
     ASSET.write_text(json.dumps(result, indent=1) + "\n")
     print(f"main job: {wall:.0f} s wall; bf16 peak {result['peak_bf16_gflops']} GFLOP/s; timings {metrics['timings']}")
 

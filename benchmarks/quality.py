@@ -3,27 +3,35 @@
     .venv/bin/python benchmarks/quality.py                 # every set (see SETS); run alone on the machine
     .venv/bin/python benchmarks/quality.py --quick         # a few records per set: checks that everything runs
     .venv/bin/python benchmarks/quality.py --sets capitals # some sets only
+    .venv/bin/python benchmarks/quality.py --work W --reuse-trl --label try1 --ours-args "--learning-rate 1e-4"
+                                                           # a recipe being tried, TRL's models reused from W
 
 For each data set the script writes a training file and a test file, then trains the default model twice on the
 same training records:
-- TRL: `SFTTrainer` with its default `SFTConfig` (3 epochs, lr 2e-5, batch 8, completion-only loss on
-  conversational prompt/completion records rendered with the model's chat template), `use_cpu` on a CPU;
+- TRL: `SFTTrainer` with its default `SFTConfig` (3 epochs, lr 2e-5, linear decay, batch 8, bf16, gradient
+  checkpointing, completion-only loss on conversational prompt/completion records rendered with the model's chat
+  template), `use_cpu` on a CPU;
 - gpt_finetune: `gpt-finetune run --data train.jsonl --test-data test.jsonl` with nothing else set.
-Both models are then scored by `gpt-finetune evaluate` on the same test records with TRL's model as the baseline,
-so every metric comes with the paired-bootstrap 95 % interval of the difference (ours - TRL), and on the general
-knowledge probe, where "kept" counts the probe questions the base model answers right that each fine-tuned model
-still answers right. Each training runs in its own process. Results: benchmarks/results/quality.json (rows and a
-markdown table) and quality.txt.
+By default the two trainings of a set run at the same time, one thread each (the 2-core machine this was written
+on finishes sooner that way); `--one-at-a-time` gives each every core in turn. Both models are then scored by
+`gpt-finetune evaluate` on the same test records with TRL's model as the baseline, so every metric comes with the
+paired-bootstrap 95 % interval of the difference (ours - TRL), and on the general-knowledge probe, where "kept" is
+the share of the probe questions the base model answers right that each fine-tuned model still answers right
+(compared on the same questions, with a paired-bootstrap interval of the difference).
+Results: benchmarks/results/quality.{json,txt} and gpt_finetune/assets/quality.json (read by README.md and the
+training lesson).
 
-The data sets are built here from facts written for this project (short answers) and from the chatterbot-corpus
-package (BSD-3-Clause, conversational free text), so every record's licence is known.
+The data sets are built here from facts written for this project (short answers), from arithmetic (right by
+construction) and from the chatterbot-corpus package (BSD-3-Clause, conversational free text), so every record's
+licence is known.
 """
 from __future__ import annotations
-import argparse, json, os, random, subprocess, sys, tempfile, time
+import argparse, hashlib, json, os, random, subprocess, sys, tempfile, time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
+ASSET = ROOT / "gpt_finetune" / "assets" / "quality.json"  # what README.md and the lessons render
 BIN = Path(sys.executable).parent
 # Same glibc malloc thresholds for both trainings (see train_speed.py): fewer page faults, same for everyone.
 MALLOC_TUNABLES = "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=4294967296"
@@ -65,28 +73,19 @@ def chatterbot() -> list[dict]:
     return chatterbot_pairs(Path(chatterbot_corpus.__file__).parent / "data" / "english")
 
 
-def _number_fact(n: int) -> str:
-    "A few true sentences about `n`, built from arithmetic so they are right by construction."
-    kind = "even" if n % 2 == 0 else "odd"
-    prime = n > 1 and all(n % d for d in range(2, int(n ** 0.5) + 1))
-    return (f"{n} is an {kind} number{' and a prime' if prime else ''}. It comes after {n - 1} and before {n + 1}. "
-            f"Its square is {n * n}, and the sum of its digits is {sum(map(int, str(n)))}.")
-
-
 def arithmetic() -> list[dict]:
-    "Short arithmetic answers and longer generated descriptions of numbers (4,000 records, by construction)."
+    "Short computed answers: sums, differences and products of two numbers from 2 to 99 (right by construction)."
     rng, out = random.Random(0), []
-    for n in range(2000):
-        a, b = rng.randint(2, 99), rng.randint(2, 99)
-        out.append({"input": f"What is {a} plus {b}?", "output": str(a + b)} if n % 2 else
-                   {"input": f"What is {a} times {b}?", "output": str(a * b)})
-        m = rng.randint(10, 9999)
-        out.append({"input": f"Tell me about the number {m}.", "output": _number_fact(m)})
+    ops = [("plus", lambda a, b: a + b), ("minus", lambda a, b: a - b), ("times", lambda a, b: a * b)]
+    for n in range(4000):
+        (word, f), a, b = ops[n % 3], rng.randint(2, 99), rng.randint(2, 99)
+        a, b = (max(a, b), min(a, b)) if word == "minus" else (a, b)
+        out.append({"input": f"What is {a} {word} {b}?", "output": str(f(a, b))})
     return out
 
 
 # name: (builder, training records, test records); the tests are held out of training, same seed for every run
-SETS = {"capitals": (capitals, 70, 35), "chatterbot": (chatterbot, 600, 150), "arithmetic": (arithmetic, 3000, 200)}
+SETS = {"capitals": (capitals, 70, 35), "chatterbot": (chatterbot, 400, 150), "arithmetic": (arithmetic, 600, 150)}
 
 
 def split(name: str, quick: bool) -> tuple[list[dict], list[dict]]:
@@ -125,28 +124,117 @@ trainer.save_model(out + "/model"); tok.save_pretrained(out + "/model")
 """
 
 
-def _run(cmd: list[str], log: Path) -> float:
-    "Run one step in its own process, its output in `log`; returns its seconds (stops the benchmark if it fails)."
+PROBE_SCRIPT = """
+import json, sys
+from gpt_finetune.model import load_model
+from gpt_finetune.job import probe_answers
+from gpt_finetune.probe import compare_probe, load_probe
+probe = load_probe("default")
+base, tok = load_model()
+base_p = probe_answers(base, tok, probe, True)  # cached, as `run` caches it
+model, tok = load_model(sys.argv[1])
+res = compare_probe(probe, base_p, probe_answers(model, tok, probe))
+json.dump({"result": res, "base_right": [a["right"] for a in base_p]}, open(sys.argv[2], "w"), ensure_ascii=False)
+"""
+
+
+def _env(threads: int | None = None) -> dict:
     env = {**os.environ, "GLIBC_TUNABLES": MALLOC_TUNABLES, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
-    start = time.perf_counter()
-    with open(log, "w") as f: res = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
-    if res.returncode: raise SystemExit(f"{' '.join(map(str, cmd[:3]))} failed ({res.returncode}); see {log}")
+    return {**env, "OMP_NUM_THREADS": str(threads)} if threads else env
+
+
+def _start(cmd: list[str], log: Path, threads: int | None = None) -> tuple:
+    "Start one step in its own process, its output in `log`."
+    f = open(log, "w")
+    return subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=_env(threads)), f, time.perf_counter(), cmd, log
+
+
+def _wait(started: tuple) -> float:
+    "Wait for a step from `_start`; returns its seconds (stops the benchmark if it failed)."
+    proc, f, start, cmd, log = started
+    code = proc.wait(); f.close()
+    if code: raise SystemExit(f"{' '.join(map(str, cmd[:3]))} failed ({code}); see {log}")
     return round(time.perf_counter() - start, 1)
 
 
-def run_set(name: str, work: Path, quick: bool) -> dict:
-    "Train both recipes on set `name` and compare them on its test records."
+def _run(cmd: list[str], log: Path) -> float:
+    "Run one step in its own process, its output in `log`; returns its seconds (stops the benchmark if it fails)."
+    return _wait(_start(cmd, log))
+
+
+def start_trl(d: Path, train_f: Path, reuse: bool, threads: int | None) -> tuple | None:
+    "Start TRL's default recipe on `train_f` in `d/trl`; None when `reuse` found it done on the same file."
+    stamp = d / "trl" / "done.json"
+    if reuse and stamp.exists() and json.loads(stamp.read_text()).get("key") == _trl_key(train_f): return None
+    return _start([sys.executable, "-c", TRL_SCRIPT, str(train_f), str(d / "trl")], d / "trl.log", threads)
+
+
+def _trl_key(train_f: Path) -> dict:
+    return {"train": hashlib.sha256(train_f.read_bytes()).hexdigest(), "script": TRL_SCRIPT}
+
+
+def finish_trl(d: Path, train_f: Path, started: tuple | None) -> float:
+    "Wait for TRL's training, answer the probe with its model; returns its training seconds."
+    if started is None: return json.loads((d / "trl" / "done.json").read_text())["train_s"]
+    secs = _wait(started)
+    _run([sys.executable, "-c", PROBE_SCRIPT, str(d / "trl" / "model"), str(d / "trl" / "probe.json")], d / "probe.log")
+    (d / "trl" / "done.json").write_text(json.dumps({"key": _trl_key(train_f), "train_s": secs}))
+    return secs
+
+
+def kept_rows(ours: dict, trl: dict, seed: int = 0) -> dict:
+    "Kept rate of both recipes on the questions the base model had right, and the paired bootstrap of the difference."
+    import numpy as np
+    base_right = [i for i, r in enumerate(trl["base_right"]) if r]
+    broken = lambda res: {b["input"] for b in res["broken"]}
+    ob, tb = broken(ours), broken(trl["result"])
+    from gpt_finetune.probe import load_probe
+    probe = load_probe("default")
+    o = np.array([probe[i]["input"] not in ob for i in base_right], float)
+    t = np.array([probe[i]["input"] not in tb for i in base_right], float)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(o), (10_000, len(o)))
+    diffs = o[idx].mean(1) - t[idx].mean(1)
+    lo, hi = np.quantile(diffs, [0.025, 0.975])
+    verdict = "better" if lo > 0 else "worse" if hi < 0 else "no clear difference"
+    return {"base_right": len(base_right), "ours_kept": int(o.sum()), "trl_kept": int(t.sum()),
+            "ours_rate": o.mean(), "trl_rate": t.mean(), "ours_ci": ours["kept_ci"], "trl_ci": trl["result"]["kept_ci"],
+            "diff": o.mean() - t.mean(), "diff_ci": [float(lo), float(hi)], "verdict": verdict}
+
+
+def run_set(name: str, work: Path, quick: bool, reuse: bool = False, ours_args: list[str] = (), label: str = "ours",
+            together: bool = True) -> dict:
+    "Train both recipes on set `name` (at once, a thread each, when `together`), compare on its test records and probe."
     train, test = split(name, quick)
-    d = work / name; d.mkdir(parents=True)
+    d = work / name; d.mkdir(parents=True, exist_ok=True)
     train_f, test_f = write_jsonl(d / "train.jsonl", train), write_jsonl(d / "test.jsonl", test)
-    secs = {"trl": _run([sys.executable, "-c", TRL_SCRIPT, str(train_f), str(d / "trl")], d / "trl.log"),
-            "ours": _run([str(BIN / "gpt-finetune"), "run", "--data", str(train_f), "--test-data", str(test_f),
-                          "--output-dir", str(d / "ours"), "--no-progress"], d / "ours.log")}
-    _run([str(BIN / "gpt-finetune"), "evaluate", "--model", str(d / "ours" / "model"), "--baseline",
-          str(d / "trl" / "model"), "--data", str(test_f), "--output-dir", str(d / "eval")], d / "eval.log")
-    metrics = json.loads((d / "eval" / "metrics.json").read_text())
-    return {"set": name, "train_records": len(train), "test_records": len(test), "train_s": secs,
-            "comparison": metrics["comparison"]}
+    if reuse and (d / f"eval-{label}" / "metrics.json").exists():  # this recipe already ran and was scored here
+        return score_set(name, d, label, len(train), len(test), json.loads((d / "trl" / "done.json").read_text())[
+            "train_s"], json.loads((d / label / "metrics.json").read_text())["timings"].get("training_s"), ours_args)
+    threads = 1 if together else None
+    trl = start_trl(d, train_f, reuse, threads)
+    if not together: trl_s, trl = finish_trl(d, train_f, trl), None
+    ours = _start([str(BIN / "gpt-finetune"), "run", "--data", str(train_f), "--test-data", str(test_f),
+                   "--output-dir", str(d / label), "--overwrite", "--no-progress", *ours_args], d / f"{label}.log",
+                  threads if trl is not None else None)  # alone when TRL is not training beside it
+    ours_s = _wait(ours)
+    if together: trl_s = finish_trl(d, train_f, trl)
+    _run([str(BIN / "gpt-finetune"), "evaluate", "--model", str(d / label / "model"), "--baseline",
+          str(d / "trl" / "model"), "--data", str(test_f), "--output-dir", str(d / f"eval-{label}"), "--probe", "none"],
+         d / f"eval-{label}.log")
+    return score_set(name, d, label, len(train), len(test), trl_s, ours_s, ours_args)
+
+
+def score_set(name: str, d: Path, label: str, n_train: int, n_test: int, trl_s, ours_s, ours_args) -> dict:
+    "The row of set `name` from its folder: the comparison on the test records, the probe, the runs' figures."
+    comparison = json.loads((d / f"eval-{label}" / "metrics.json").read_text())["comparison"]
+    ours = json.loads((d / label / "metrics.json").read_text())
+    trl = json.loads((d / "trl" / "probe.json").read_text())
+    return {"set": name, "train_records": n_train, "test_records": n_test,
+            "train_s": {"trl": trl_s, "ours": ours_s}, "ours_args": list(ours_args), "comparison": comparison,
+            "kept": kept_rows(ours["probe"], trl), "ours_steps": ours["train"].get("steps"),
+            "ours_epochs": ours["train"].get("epochs"), "ours_best_step": ours["train"].get("best_step"),
+            "replay": ours["data"].get("replay")}
 
 
 SHOWN = ("exact_match", "token_f1", "rougeL", "chrf", "eval_loss", "stop_rate")
@@ -157,12 +245,17 @@ def table(rows: list[dict]) -> str:
     lines = ["| set | metric | gpt_finetune | TRL default | difference (95 % interval) | verdict |",
              "|---|---|---:|---:|---|---|"]
     for r in rows:
+        where = f"{r['set']} ({r['train_records']} pairs)"
         for key in SHOWN:
             c = r["comparison"].get(key)
             if not c: continue
             lo, hi = c["diff_ci"]
-            lines.append(f"| {r['set']} ({r['train_records']} pairs) | {key} | {c['finetuned']:.3f} | {c['base']:.3f} "
+            lines.append(f"| {where} | {key} | {c['finetuned']:.3f} | {c['base']:.3f} "
                          f"| {c['diff']:+.3f} [{lo:+.3f}, {hi:+.3f}] | {c['verdict']} |")
+        k = r["kept"]; lo, hi = k["diff_ci"]
+        lines.append(f"| {where} | kept (of {k['base_right']} probe answers the base had right) "
+                     f"| {k['ours_rate']:.3f} ({k['ours_kept']}) | {k['trl_rate']:.3f} ({k['trl_kept']}) "
+                     f"| {k['diff']:+.3f} [{lo:+.3f}, {hi:+.3f}] | {k['verdict']} |")
     return "\n".join(lines)
 
 
@@ -171,6 +264,14 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true", help="16 training and 8 test records per set")
     p.add_argument("--sets", default=",".join(SETS), help=f"comma-separated, from {', '.join(SETS)}")
     p.add_argument("--work", default=None, help="folder for the data, models and logs (default: a new temporary one)")
+    p.add_argument("--reuse-trl", action="store_true", help="reuse TRL's model from an earlier run in --work "
+                   "(same training file): for trying recipes, not for the figures")
+    p.add_argument("--ours-args", default="", help="extra `gpt-finetune run` flags (for trying recipes)")
+    p.add_argument("--label", default="ours", help="folder name of this recipe's run inside each set's folder")
+    p.add_argument("--publish", action="store_true", help="write the table where README.md and the lessons read it "
+                   "(benchmarks/results and gpt_finetune/assets), even for a recipe being tried")
+    p.add_argument("--one-at-a-time", action="store_true", help="train TRL and gpt_finetune one after the other, "
+                   "each with every core (default: at the same time, one thread each)")
     a = p.parse_args(argv)
     names = [s for s in a.sets.split(",") if s]
     unknown = [s for s in names if s not in SETS]
@@ -178,14 +279,18 @@ def main(argv=None):
     work = Path(a.work or tempfile.mkdtemp(prefix="quality-"))
     start, rows = time.perf_counter(), []
     for name in names:
-        rows.append(run_set(name, work, a.quick))
+        rows.append(run_set(name, work, a.quick, a.reuse_trl, a.ours_args.split(), a.label, not a.one_at_a_time))
         print(f"{name}: done in {sum(rows[-1]['train_s'].values()):.0f} s of training", flush=True)
     md = table(rows)
-    out = {"quick": a.quick, "minutes": round((time.perf_counter() - start) / 60, 1), "rows": rows, "markdown": md}
-    RESULTS.mkdir(exist_ok=True)
-    suffix = "_quick" if a.quick else ""
-    (RESULTS / f"quality{suffix}.json").write_text(json.dumps(out, indent=1, ensure_ascii=False))
-    (RESULTS / f"quality{suffix}.txt").write_text(md + "\n")
+    out = {"quick": a.quick, "minutes": round((time.perf_counter() - start) / 60, 1), "reused_trl": a.reuse_trl,
+           "together": not a.one_at_a_time, "rows": rows, "markdown": md}
+    trial = a.reuse_trl or a.ours_args or a.label != "ours"  # a recipe being tried: its table stays in --work
+    where = work if trial and not a.publish else RESULTS
+    where.mkdir(exist_ok=True)
+    name = f"quality_{a.label}" if trial and not a.publish else "quality_quick" if a.quick else "quality"
+    (where / f"{name}.json").write_text(json.dumps(out, indent=1, ensure_ascii=False))
+    (where / f"{name}.txt").write_text(md + "\n")
+    if where == RESULTS and not a.quick: (ASSET).write_text(json.dumps(out, indent=1, ensure_ascii=False) + "\n")
     print(md)
     print(f"work folder: {work}; {out['minutes']} minutes")
 

@@ -16,7 +16,7 @@ from .options import ModelOptions, RunConfig, write_config
 # %% auto #0
 __all__ = ['RUN_MARKER', 'UsageError', 'load_data', 'tokenize_splits', 'write_jsonl', 'write_data_report', 'model_fingerprint',
            'baseline_evaluation', 'probe_answers', 'read_marker', 'will_write', 'claim_output', 'WriteError', 'writing',
-           'save_atomically', 'human_size', 'timed', 'load_model_from', 'run_job', 'prepare_job']
+           'save_atomically', 'human_size', 'timed', 'load_model_from', 'replay_rows', 'run_job', 'prepare_job']
 
 # %% ../nbs/04d_job.ipynb #d37a44aa
 class UsageError(ValueError):
@@ -415,17 +415,48 @@ def _prepare_run(cfg: RunConfig, out: Path, model, tokenizer) -> tuple:
     "What a run checks before it writes: data loaded and tokenized, the folder claimed, the model loaded and fitted."
     from gpt_finetune.scale import resume_point
     from gpt_finetune.probe import load_probe
+    from gpt_finetune.replay import load_replay
     t, lora = cfg.train, cfg.lora
     adapters = bool(lora.enabled or lora.quantize)
     if cfg.output.adapter_only and not adapters: raise UsageError("--adapter-only needs --lora or --quantize")
     splits, dropped, data = load_data(cfg)
-    probe = load_probe(cfg.eval.probe)  # a bad probe file stops here too, before a model loads
+    probe, replay = load_probe(cfg.eval.probe), load_replay(cfg.data.replay)  # bad files stop before a model loads
     with writing(out): claim_output(out, cfg.output.overwrite, t.resume, remove=False)  # before a model loads
     if model is None: model, tokenizer = load_model_from(cfg.model, lora.quantize)
     if t.resume: resume_point(out / "checkpoints", model, lora.r if adapters else 0)
     splits, dss, dropped, data = tokenize_splits(cfg, splits, dropped, data, tokenizer)
     adapters = _fit(cfg, model, dss, adapters)  # a run that cannot fit says so now, not when the kernel kills it
-    return model, tokenizer, splits, dss, dropped, data, probe, adapters
+    return model, tokenizer, splits, dss, dropped, data, probe, replay, adapters
+
+# %% ../nbs/04d_job.ipynb #d0939732
+def _question(r: dict) -> str:
+    "What a record asks: its last user turn."
+    return next((m["content"] for m in reversed(r.get("messages") or []) if m["role"] == "user"), r.get("input") or "")
+
+def replay_rows(cfg: RunConfig, # `data.replay`, `data.system`, `data.max_length`, `eval`, `train.seed`
+                model, # the base model, before training
+                tokenizer, # its tokenizer
+                prompts: list[str] | None, # from `replay.load_replay`; None: no replay
+                train: list[dict], # the user's training records
+                train_ds, # their tokenized rows
+               ) -> tuple:
+    "Training rows with replay added (the base model's cached answers to prompts unlike the user's), and a summary."
+    from datasets import concatenate_datasets
+    from gpt_finetune.replay import replay_answers, replay_dataset, unlike_inputs
+    if not prompts: return train_ds, None
+    used = unlike_inputs(prompts, [_question(r) for r in train], seed=cfg.train.seed)
+    info = {"prompts": len(prompts), "unlike_your_data": len(used), "rows": 0}
+    if not used: return train_ds, info
+    def answer(m, t, records, **o): return {}, replay_answers(m, t, [r["messages"][0]["content"] for r in records], **o)
+    asked = [{"messages": [{"role": "user", "content": p}]} for p in used]
+    answers = baseline_evaluation(model, tokenizer, asked, cfg.eval.reuse_baseline, evaluate=answer,
+                                  batch_size=cfg.eval.eval_batch_size, system=cfg.data.system,
+                                  progress=cfg.train.progress)[1]
+    rows = replay_dataset(answers, tokenizer, len(train_ds), cfg.data.system, seed=cfg.train.seed)
+    rows = rows.filter(lambda n: n <= cfg.data.max_length, input_columns="length")
+    info.update(rows=len(rows), cut_short=sum(a["finish_reason"] == "length" for a in answers),
+                empty=sum(not a["output"] for a in answers))
+    return concatenate_datasets([train_ds, rows.cast(train_ds.features)]), info
 
 # %% ../nbs/04d_job.ipynb #520418fd
 def run_job(cfg: RunConfig, # every option of the run
@@ -444,7 +475,7 @@ def run_job(cfg: RunConfig, # every option of the run
     out = Path(cfg.output.output_dir)
     cfg = replace(cfg, train=replace(cfg.train, output_dir=str(out / "checkpoints")))  # the trainer's folder: the run's
     state, clock, t, lora = process_state(), {}, cfg.train, cfg.lora
-    model, tokenizer, splits, dss, dropped, data, probe, adapters = _prepare_run(cfg, out, model, tokenizer)
+    model, tokenizer, splits, dss, dropped, data, probe, replay, adapters = _prepare_run(cfg, out, model, tokenizer)
     popts = dict(batch_size=cfg.eval.eval_batch_size, system=cfg.data.system, progress=t.progress)
     test, opts = splits["test"], dict(max_new_tokens=cfg.eval.max_new_tokens, batch_size=cfg.eval.eval_batch_size,
                                       system=cfg.data.system, progress=t.progress)
@@ -455,6 +486,8 @@ def run_job(cfg: RunConfig, # every option of the run
                 base, base_answers, clock["base_reused"] = baseline_evaluation(model, tokenizer, test,
                                                                                cfg.eval.reuse_baseline, **opts)
                 base_probe = probe_answers(model, tokenizer, probe, cfg.eval.reuse_baseline, **popts)
+        with timed(clock, "replay_s"):  # the base model's own answers, before it trains (every process needs them)
+            dss["train"], data["replay"] = replay_rows(cfg, model, tokenizer, replay, splits["train"], dss["train"])
         if adapters: model = add_lora(model, r=lora.r)
         with timed(clock, "training_s"):  # the checkpoints stay until the model and its report are written
             stats = finetune(model, tokenizer, dss["train"], dss["validation"] if len(dss["validation"]) else None,

@@ -123,6 +123,8 @@ class TrainConfig(Checked):
     output_dir: str = option("outputs/train", "the trainer's folder: checkpoints, run id, step log, loss plot")
     epochs: float = option(2.0, "passes over the training split; on a few hundred pairs "
                            "a third epoch starts memorizing", above=0, at_most=10_000)
+    min_steps: int = option(0, "optimizer steps a run makes at least: on a small file more epochs, up to 20, "
+                            "early stopping still guarding (0: just --epochs)", at_least=0, at_most=10**9)
     learning_rate: float = option(5e-5, "peak learning rate; full fine-tuning of a ~100M model likes 2e-5..1e-4",
                                   above=0, at_most=1)
     batch_size: int = option(8, "examples per batch, packed into one row (0: as many as memory allows, up to 16)",
@@ -190,6 +192,9 @@ class DataOptions(Checked):
     max_length: int = option(512, "longest example in tokens; see --too-long", at_least=1, at_most=1_048_576)
     too_long: str = option("drop", "what happens to records over --max-length tokens", ("drop", "truncate", "error"))
     system: str | None = option(None, "system prompt for chat models (default: the template's own)", empty_ok=True)
+    replay: str = option("default", "general prompts the base model answers before training; its own answers train "
+                         "alongside yours so it keeps what it knew: 'default' (the shipped set), 'none', or a text "
+                         "file with one prompt per line")
 
     def __post_init__(self):
         super().__post_init__()

@@ -38,8 +38,8 @@ def process_state(timeout_min: int = 120 # how long processes wait for each othe
     return PartialState(cpu=cpu, timeout=timedelta(minutes=timeout_min))
 
 # %% ../nbs/02b_scale.ipynb #01fdd87c
-ACCELERATE_CONFIGS = {
-    "ddp_cpu": """\
+# accelerate launch configurations by name (`accelerate_config` writes them): two CPU processes, FSDP, ZeRO-3
+ACCELERATE_CONFIGS = {"ddp_cpu": """\
 # accelerate launch --config_file ddp_cpu.yaml --no_python gpt-finetune run ...
 # Two DDP processes on one CPU machine (gloo). Note: `accelerate launch --cpu --num_processes 2` starts ONE
 # process; this is the configuration that starts two (the same as --multi_gpu on the command line).
@@ -51,8 +51,10 @@ machine_rank: 0
 mixed_precision: 'no'
 dynamo_config: {}
 use_cpu: false
-""",
-    "fsdp": """\
+"""}
+
+# %% ../nbs/02b_scale.ipynb #7cf5810e
+ACCELERATE_CONFIGS["fsdp"] = """\
 # accelerate launch --config_file fsdp.yaml --no_python gpt-finetune run ...
 # FSDP (PyTorch Fully Sharded Data Parallel) on one machine with 2 GPUs: parameters, gradients and optimizer
 # state are sharded across GPUs; each decoder layer is one shard unit.
@@ -70,8 +72,10 @@ fsdp_config:
   fsdp_state_dict_type: FULL_STATE_DICT
   fsdp_cpu_ram_efficient_loading: true
   fsdp_offload_params: false
-""",
-    "deepspeed_zero3": """\
+"""
+
+# %% ../nbs/02b_scale.ipynb #9f8fa2a1
+ACCELERATE_CONFIGS["deepspeed_zero3"] = """\
 # accelerate launch --config_file deepspeed_zero3.yaml --no_python gpt-finetune run ...
 # DeepSpeed ZeRO stage 3 on one machine with 2 GPUs (needs `pip install deepspeed`): parameters, gradients and
 # optimizer state partitioned across GPUs; set offload_optimizer_device: cpu to trade speed for GPU memory.
@@ -89,8 +93,7 @@ deepspeed_config:
   offload_param_device: none
   zero3_init_flag: false
   zero3_save_16bit_model: true
-""",
-}
+"""
 
 # %% ../nbs/02b_scale.ipynb #0f1dc377
 def accelerate_config(kind: str, # 'ddp_cpu', 'fsdp' or 'deepspeed_zero3'

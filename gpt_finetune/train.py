@@ -22,7 +22,7 @@ from .options import TrainConfig
 from .speed import Bf16AdamW, fit_plan, tune_malloc
 
 # %% auto #0
-__all__ = ['RUN_ID_FILE', 'answer_logits', 'answer_loss_sum', 'AnswerLossTrainer', 'training_args', 'finetune', 'fused_cross_entropy', 'packed_sdpa', 'packed_attention', 'packed_rows', 'CheckpointError', 'NonFiniteLoss', 'finite_weights', 'find_checkpoint', 'check_fits', 'NoFinalCheckpoint', 'fsdp_on_cpu', 'unshard_model']
+__all__ = ['MAX_EPOCHS', 'RUN_ID_FILE', 'answer_logits', 'answer_loss_sum', 'AnswerLossTrainer', 'training_args', 'planned_epochs', 'finetune', 'fused_cross_entropy', 'packed_sdpa', 'packed_attention', 'packed_rows', 'CheckpointError', 'NonFiniteLoss', 'finite_weights', 'find_checkpoint', 'check_fits', 'NoFinalCheckpoint', 'fsdp_on_cpu', 'unshard_model']
 
 # %% ../nbs/02_train.ipynb #8ecd4354
 def answer_logits(model, # a causal LM
@@ -185,6 +185,19 @@ def _fit_to_memory(model, train_ds, cfg: TrainConfig, device: str) -> TrainConfi
                     checkpointing=cfg.gradient_checkpointing, device=device, can_add_lora=False)  # or WontFit
     return replace(cfg, batch_size=plan["batch_size"], gradient_checkpointing=plan["gradient_checkpointing"])
 
+# %% ../nbs/02_train.ipynb #3d978969
+MAX_EPOCHS = 20  # the step budget's ceiling: more passes over a tiny file only memorize it
+
+def planned_epochs(n_rows: int, # training rows
+                   cfg: TrainConfig, # `epochs`, `min_steps`, `batch_size` (resolved, not 0), `grad_accum`
+                   processes: int = 1, # data-parallel processes, each taking its own batches
+                  ) -> float:
+    "`cfg.epochs`, raised on a small file until the run makes `cfg.min_steps` optimizer steps (at most MAX_EPOCHS)."
+    batches = -(-n_rows // (max(cfg.batch_size, 1) * processes))  # per process and epoch, the last one partial
+    per_epoch = max(batches // cfg.grad_accum, 1)
+    if per_epoch * cfg.epochs >= cfg.min_steps: return cfg.epochs
+    return float(min(cfg.min_steps / per_epoch, max(cfg.epochs, MAX_EPOCHS)))
+
 # %% ../nbs/02_train.ipynb #85a1c5a7
 def _callbacks(cfg: TrainConfig, best: BestWeights | None, callbacks: list | None) -> tuple[LivePlot, list]:
     "The run's loss history (a `LivePlot`) and every callback the Trainer gets, the caller's last."
@@ -243,6 +256,7 @@ def finetune(model, # a causal LM, trained in place (full weights, or LoRA adapt
     cfg = cfg or TrainConfig()
     device = best_device() if cfg.device == "auto" else cfg.device
     cfg = _fit_to_memory(model, train_ds, cfg, device)
+    cfg = replace(cfg, epochs=planned_epochs(len(train_ds), cfg, int(os.environ.get("WORLD_SIZE", 1))))
     if cfg.gradient_checkpointing: gradient_checkpointing(model)
     if device == "cpu": tune_malloc()  # reuse activation buffers instead of faulting in fresh pages every step
     prec = best_precision(device) if cfg.precision == "auto" else cfg.precision
@@ -266,7 +280,7 @@ def finetune(model, # a causal LM, trained in place (full weights, or LoRA adapt
             "final_train_loss": history.train[-1][1] if history.train else result.training_loss,
             "final_eval_loss": final.get("eval_loss"), "final_eval_perplexity": final.get("eval_perplexity"),
             "final_eval_token_accuracy": final.get("eval_token_accuracy"), "best_step": best.step if best else None,
-            "batch_size": cfg.batch_size, "attention": attention, "bf16_weights": bf16, "run_id": run_id,
+            "batch_size": cfg.batch_size, "epochs": cfg.epochs, "attention": attention, "bf16_weights": bf16, "run_id": run_id,
             "checkpoint_bytes_freed": freed, "history": history}
 
 # %% ../nbs/02_train.ipynb #d4330143

@@ -96,3 +96,37 @@ def test_quantize_is_refused_in_one_line_without_cuda(llama_dir, tmp_path, capsy
     assert main(["run", "--data", data, "--model", llama_dir, "--quantize", "4", "--output-dir", tmp_path / "out"]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and "CUDA" in lines[0] and not (tmp_path / "out").exists(), lines
+
+
+def test_run_replays_the_base_models_own_answers(tiny_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("GPT_FINETUNE_CACHE", str(tmp_path / "cache"))
+    data, prompts = tmp_path / "my.json", tmp_path / "prompts.txt"
+    data.write_text(json.dumps(_pairs(30)))
+    prompts.write_text("What is 7 plus 7?\nWhy is the sky blue?\n\nName a colour.\nWhy is the sky blue?\n")
+    common = ("--data", data, "--model", tiny_dir, "--epochs", 1, "--max-new-tokens", 4, "--probe", "none")
+    res = run_cli("run", *common, "--output-dir", tmp_path / "on", "--replay", prompts)
+    assert res.returncode == 0, res.stderr[-3000:]
+    on = json.loads((tmp_path / "on" / "metrics.json").read_text())
+    replay = on["data"]["replay"]
+    # three distinct prompts; the sum is the user's own kind of question, so the base model's style is not replayed there
+    assert (replay["prompts"], replay["unlike_your_data"]) == (3, 2)
+    assert replay["rows"] == 2 - replay["empty"] and replay["cut_short"] <= 2
+    res = run_cli("run", *common, "--output-dir", tmp_path / "off", "--replay", "none")
+    assert res.returncode == 0, res.stderr[-3000:]
+    off = json.loads((tmp_path / "off" / "metrics.json").read_text())
+    assert off["data"]["replay"] is None
+    if replay["rows"]: assert on["train"]["train_tokens"] > off["train"]["train_tokens"]
+    again = run_cli("run", *common, "--output-dir", tmp_path / "again", "--replay", prompts)
+    assert again.returncode == 0 and json.loads((tmp_path / "again" / "metrics.json").read_text())["data"]["replay"] == replay
+
+
+@pytest.mark.parametrize("content, why", [(b"fine\n\xff\xfe\n", "bad.txt:2: not UTF-8 text"),
+                                          (b"fine\nnul \x00 here\n", "bad.txt:2: a NUL character"),
+                                          (b"\n  \n", "bad.txt: no replay prompts")])
+def test_a_bad_replay_file_stops_before_anything_is_written(tiny_dir, tmp_path, content, why):
+    (tmp_path / "bad.txt").write_bytes(content)
+    (tmp_path / "my.json").write_text(json.dumps(_pairs(10)))
+    res = run_cli("run", "--data", tmp_path / "my.json", "--model", tiny_dir, "--output-dir", tmp_path / "out",
+                  "--replay", tmp_path / "bad.txt")
+    assert res.returncode == 2 and why in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr[-2000:]
+    assert not (tmp_path / "out").exists()

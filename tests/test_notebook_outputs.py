@@ -18,8 +18,8 @@ import run_notebooks as rn  # noqa: E402
 
 LESSONS = [p for p in rn.notebooks([]) if p.name != "index.ipynb"]
 # Lessons about what a model does: each shows the real default model in at least one `slow` cell with saved output.
-MODEL_LESSONS = ("00_data", "01_model", "02_train", "02d_decoding", "03_evaluate", "03a_compare", "03b_probe",
-                 "04_deploy", "05_cli")
+MODEL_LESSONS = ("00_data", "01_model", "02_train", "02c_generate", "02d_decoding", "03_evaluate", "03a_compare",
+                 "03b_probe", "03c_replay", "04_deploy", "05_cli")
 DISPLAY_CALLS = {"print", "display", "show", "plot", "imshow", "hist", "bar", "barh", "scatter", "show_doc", "pprint",
                  "Markdown", "HTML", "print_trainable_parameters"}
 QUIET = {"export", "exports", "exporti", "hide", "cuda"}  # not shown, or not run here
