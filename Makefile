@@ -49,7 +49,7 @@ test-py: $(VENV)/.dev-installed
 # Execute the notebooks (slow real-model cells included, GPU-only cells kept as they are) and save their outputs,
 # so readers see real results; then README.md follows index.ipynb. One notebook: make notebooks NB="nbs/00_data.ipynb"
 notebooks: $(VENV)/.dev-installed
-	$(BIN)/python tools/run_notebooks.py $(NB)
+	$(BIN)/python tools/run_notebooks.py --timeout 3600 $(NB)
 	$(BIN)/python tools/readme.py
 
 # After editing notebooks: strip notebook noise (and fix cell ids), then regenerate the package and README.

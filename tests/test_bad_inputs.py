@@ -258,10 +258,10 @@ def test_array_line_numbers_cost_linear_time(tmp_path):
     (tmp_path / "a.jsonl").write_text("\n".join(map(json.dumps, rows)))
     took = {}
     for name in ("a.json", "a.jsonl"):
-        t0 = time.perf_counter()
+        t0 = time.process_time()  # CPU seconds: other work on the machine does not count against either file
         assert len(load_records(tmp_path / name).records) == 20_000
-        took[name] = time.perf_counter() - t0
-    assert took["a.json"] < 2 * took["a.jsonl"] + 0.5, took
+        took[name] = time.process_time() - t0
+    assert took["a.json"] < 3 * took["a.jsonl"] + 1.0, took  # quadratic line numbering would take minutes
 
 
 def test_long_runs_of_spaces_clean_in_linear_time():
