@@ -146,7 +146,8 @@ def _env(threads: int | None = None) -> dict:
 def _start(cmd: list[str], log: Path, threads: int | None = None) -> tuple:
     "Start one step in its own process, its output in `log`."
     f = open(log, "w")
-    return subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=_env(threads)), f, time.perf_counter(), cmd, log
+    proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=_env(threads))
+    return proc, f, time.perf_counter(), cmd, log
 
 
 def _wait(started: tuple) -> float:

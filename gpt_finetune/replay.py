@@ -63,7 +63,7 @@ def unlike_inputs(prompts: list[str], # replay prompts, from `load_replay`
                   threshold: float = SIMILAR, # overlap from which a prompt is dropped
                   seed: int = 0, # seed of the sample of a long list of inputs
                  ) -> list[str]:
-    "The prompts whose words do not overlap any user input's by `threshold` or more: the user's kind of question is theirs."
+    "The prompts whose words overlap no user input's by `threshold` or more: the user's kind of question is theirs."
     if len(inputs) > MAX_COMPARED: inputs = random.Random(seed).sample(inputs, MAX_COMPARED)
     users = [w for w in {frozenset(probe_words(t)) for t in inputs} if w]
     return [p for p in prompts if not any(_overlap(set(probe_words(p)), u) >= threshold for u in users)]
@@ -80,7 +80,8 @@ def replay_answers(model, # the base model, before any training
     "The base model's own greedy answers: `input`, `output` and `finish_reason` (`length`: cut short) per prompt."
     rendered = [record_prompt(tokenizer, {"input": p}, system) for p in prompts]
     outs = generate_texts(model, tokenizer, rendered, max_new_tokens, batch_size, progress)
-    return [{"input": p, "output": o["text"].strip(), "finish_reason": o["finish_reason"]} for p, o in zip(prompts, outs)]
+    return [{"input": p, "output": o["text"].strip(), "finish_reason": o["finish_reason"]}
+            for p, o in zip(prompts, outs)]
 
 # %% ../nbs/03c_replay.ipynb #0d361480
 REPLAY_SHARE = 1.0  # replay rows per user row, at most: on a small file replay must not drown the user's data

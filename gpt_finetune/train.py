@@ -280,7 +280,8 @@ def finetune(model, # a causal LM, trained in place (full weights, or LoRA adapt
             "final_train_loss": history.train[-1][1] if history.train else result.training_loss,
             "final_eval_loss": final.get("eval_loss"), "final_eval_perplexity": final.get("eval_perplexity"),
             "final_eval_token_accuracy": final.get("eval_token_accuracy"), "best_step": best.step if best else None,
-            "batch_size": cfg.batch_size, "epochs": cfg.epochs, "attention": attention, "bf16_weights": bf16, "run_id": run_id,
+            "batch_size": cfg.batch_size, "epochs": cfg.epochs,
+            "attention": attention, "bf16_weights": bf16, "run_id": run_id,
             "checkpoint_bytes_freed": freed, "history": history}
 
 # %% ../nbs/02_train.ipynb #d4330143

@@ -108,7 +108,7 @@ def test_run_replays_the_base_models_own_answers(tiny_dir, tmp_path, monkeypatch
     assert res.returncode == 0, res.stderr[-3000:]
     on = json.loads((tmp_path / "on" / "metrics.json").read_text())
     replay = on["data"]["replay"]
-    # three distinct prompts; the sum is the user's own kind of question, so the base model's style is not replayed there
+    # three distinct prompts; the sum is the user's own kind of question: the base model's style is not replayed there
     assert (replay["prompts"], replay["unlike_your_data"]) == (3, 2)
     assert replay["rows"] == 2 - replay["empty"] and replay["cut_short"] <= 2
     res = run_cli("run", *common, "--output-dir", tmp_path / "off", "--replay", "none")
@@ -117,7 +117,8 @@ def test_run_replays_the_base_models_own_answers(tiny_dir, tmp_path, monkeypatch
     assert off["data"]["replay"] is None
     if replay["rows"]: assert on["train"]["train_tokens"] > off["train"]["train_tokens"]
     again = run_cli("run", *common, "--output-dir", tmp_path / "again", "--replay", prompts)
-    assert again.returncode == 0 and json.loads((tmp_path / "again" / "metrics.json").read_text())["data"]["replay"] == replay
+    assert again.returncode == 0
+    assert json.loads((tmp_path / "again" / "metrics.json").read_text())["data"]["replay"] == replay
 
 
 @pytest.mark.parametrize("content, why", [(b"fine\n\xff\xfe\n", "bad.txt:2: not UTF-8 text"),
