@@ -380,10 +380,15 @@ def _run(cfg: RunConfig) -> int:
     print(f"trained {t['train_tokens']:,} tokens in {t['runtime_s']:.0f} s ({t['tokens_per_s']:.0f} tokens/s)")
     print(f"time: base evaluation {clock['base_evaluation_s']:.0f} s"
           + (" (cached answers)" if clock["base_reused"] else "")
+          + (f", replay {clock['replay_s']:.0f} s" if "replay_s" in clock else "")
           + f", training {clock['training_s']:.0f} s (of which evaluations "
           f"{clock['training_evaluations_s'] or 0:.0f} s, checkpoints {clock['training_checkpoints_s'] or 0:.0f} s), "
           f"final evaluation {clock['final_evaluation_s']:.0f} s"
           + (f", probe {clock['probe_s']:.0f} s" if "probe_s" in clock else "") + f", saving {clock['saving_s']:.0f} s")
+    if r := metrics["data"].get("replay"):
+        print(f"replay: {r['rows']} of the base model's own answers trained alongside yours "
+              f"(at most one per training row; {r['unlike_your_data']} of {r['prompts']} prompts unlike your "
+              f"questions; left out: {r['cut_short']} cut short, {r['empty']} empty)")
     if metrics.get("probe"): print(probe_summary(metrics["probe"]))
     freed = disk["checkpoint_bytes_removed"]
     print(f"disk: {human_size(disk['output_bytes'])} in {cfg.output.output_dir}/ "

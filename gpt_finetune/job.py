@@ -445,7 +445,7 @@ def replay_rows(cfg: RunConfig, # `data.replay`, `data.system`, `data.max_length
     from gpt_finetune.replay import replay_answers, replay_dataset, unlike_inputs
     if not prompts: return train_ds, None
     used = unlike_inputs(prompts, [_question(r) for r in train], seed=cfg.train.seed)
-    info = {"prompts": len(prompts), "unlike_your_data": len(used), "rows": 0}
+    info = {"prompts": len(prompts), "unlike_your_data": len(used), "rows": 0, "cut_short": 0, "empty": 0}
     if not used: return train_ds, info
     def answer(m, t, records, **o): return {}, replay_answers(m, t, [r["messages"][0]["content"] for r in records], **o)
     asked = [{"messages": [{"role": "user", "content": p}]} for p in used]
@@ -454,8 +454,9 @@ def replay_rows(cfg: RunConfig, # `data.replay`, `data.system`, `data.max_length
                                   progress=cfg.train.progress)[1]
     rows = replay_dataset(answers, tokenizer, len(train_ds), cfg.data.system, seed=cfg.train.seed)
     rows = rows.filter(lambda n: n <= cfg.data.max_length, input_columns="length")
-    info.update(rows=len(rows), cut_short=sum(a["finish_reason"] == "length" for a in answers),
-                empty=sum(not a["output"] for a in answers))
+    cut = [a["finish_reason"] == "length" for a in answers]  # left out, like empty answers (`replay_dataset`)
+    info.update(rows=len(rows), cut_short=sum(cut), empty=sum(not a["output"] and not c for a, c in zip(answers, cut)))
+    if not len(rows): return train_ds, info
     return concatenate_datasets([train_ds, rows.cast(train_ds.features)]), info
 
 # %% ../nbs/04d_job.ipynb #520418fd

@@ -16,7 +16,7 @@ from .probe import probe_words
 
 # %% auto #0
 __all__ = ['MAX_REPLAY_BYTES', 'MAX_PROMPT_CHARS', 'SIMILAR', 'MAX_COMPARED', 'REPLAY_SHARE', 'replay_path', 'load_replay',
-           'unlike_inputs', 'replay_answers', 'replay_dataset']
+           'question_shape', 'unlike_inputs', 'replay_answers', 'replay_dataset']
 
 # %% ../nbs/03c_replay.ipynb #4db5cd08
 MAX_REPLAY_BYTES = 1 << 20  # a prompt list, not a data set: a larger file is a mistake
@@ -58,15 +58,20 @@ MAX_COMPARED = 2000  # user inputs compared with each prompt: a seeded sample of
 
 def _overlap(a: set, b: set) -> float: return len(a & b) / max(len(a | b), 1)
 
+def question_shape(text: str, # a question or prompt
+                  ) -> frozenset:
+    "The words that say what kind of question `text` is: `probe_words`, every number one and the same word `#`."
+    return frozenset("#" if w[0].isdigit() else w for w in probe_words(text))
+
 def unlike_inputs(prompts: list[str], # replay prompts, from `load_replay`
                   inputs: list[str], # the user's training questions
                   threshold: float = SIMILAR, # overlap from which a prompt is dropped
                   seed: int = 0, # seed of the sample of a long list of inputs
                  ) -> list[str]:
-    "The prompts whose words overlap no user input's by `threshold` or more: the user's kind of question is theirs."
+    "The prompts whose shape overlaps no user input's by `threshold` or more: the user's kind of question is theirs."
     if len(inputs) > MAX_COMPARED: inputs = random.Random(seed).sample(inputs, MAX_COMPARED)
-    users = [w for w in {frozenset(probe_words(t)) for t in inputs} if w]
-    return [p for p in prompts if not any(_overlap(set(probe_words(p)), u) >= threshold for u in users)]
+    users = [w for w in {question_shape(t) for t in inputs} if w]
+    return [p for p in prompts if not any(_overlap(question_shape(p), u) >= threshold for u in users)]
 
 # %% ../nbs/03c_replay.ipynb #05565b3d
 def replay_answers(model, # the base model, before any training
@@ -86,13 +91,6 @@ def replay_answers(model, # the base model, before any training
 # %% ../nbs/03c_replay.ipynb #0d361480
 REPLAY_SHARE = 1.0  # replay rows per user row, at most: on a small file replay must not drown the user's data
 
-def _no_end(labels: list[int], special: set[int]) -> list[int]:
-    "Labels without the trained end-of-turn tokens: an answer cut by the length limit never ended."
-    labels, i = list(labels), len(labels) - 1
-    while i >= 0 and labels[i] == -100: i -= 1
-    while i >= 0 and labels[i] in special: labels[i], i = -100, i - 1
-    return labels
-
 def replay_dataset(answers: list[dict], # from `replay_answers`
                    tokenizer, # the tokenizer the run trains with
                    n_user: int, # the user's training rows
@@ -100,11 +98,9 @@ def replay_dataset(answers: list[dict], # from `replay_answers`
                    share: float = REPLAY_SHARE, # replay rows per user row, at most
                    seed: int = 0, # which answers, when there are more than `share` allows
                   ) -> Dataset:
-    "Replay answers as training rows (`tokenize_records`), at most `share` per user row; cut answers train no end."
-    answers = [a for a in answers if a["output"]]  # an empty answer would teach saying nothing
+    "Replay answers that ended as training rows (`tokenize_records`), at most `share` per user row."
+    answers = [a for a in answers if a["output"] and a["finish_reason"] != "length"]
     k = min(len(answers), max(math.ceil(n_user * share), 1))
     answers = random.Random(seed).sample(answers, k) if k < len(answers) else answers
     ds = tokenize_records([{"input": a["input"], "output": a["output"]} for a in answers], tokenizer, system)
-    special = set(tokenizer.all_special_ids)
-    labels = [_no_end(l, special) if a["finish_reason"] == "length" else l for a, l in zip(answers, ds["labels"])]
-    return Dataset.from_dict({"input_ids": ds["input_ids"], "labels": labels, "length": ds["length"]})
+    return Dataset.from_dict({"input_ids": ds["input_ids"], "labels": ds["labels"], "length": ds["length"]})

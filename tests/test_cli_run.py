@@ -110,11 +110,13 @@ def test_run_replays_the_base_models_own_answers(tiny_dir, tmp_path, monkeypatch
     replay = on["data"]["replay"]
     # three distinct prompts; the sum is the user's own kind of question: the base model's style is not replayed there
     assert (replay["prompts"], replay["unlike_your_data"]) == (3, 2)
-    assert replay["rows"] == 2 - replay["empty"] and replay["cut_short"] <= 2
+    # each of the two answers either trains, or is left out as cut short or empty
+    assert replay["rows"] + replay["cut_short"] + replay["empty"] == 2
+    assert f"replay: {replay['rows']} of the base model's own answers" in res.stdout  # what was left out is said
     res = run_cli("run", *common, "--output-dir", tmp_path / "off", "--replay", "none")
     assert res.returncode == 0, res.stderr[-3000:]
     off = json.loads((tmp_path / "off" / "metrics.json").read_text())
-    assert off["data"]["replay"] is None
+    assert off["data"]["replay"] is None and "replay:" not in res.stdout
     if replay["rows"]: assert on["train"]["train_tokens"] > off["train"]["train_tokens"]
     again = run_cli("run", *common, "--output-dir", tmp_path / "again", "--replay", prompts)
     assert again.returncode == 0
