@@ -117,10 +117,31 @@ def test_run_replays_the_base_models_own_answers(tiny_dir, tmp_path, monkeypatch
     assert res.returncode == 0, res.stderr[-3000:]
     off = json.loads((tmp_path / "off" / "metrics.json").read_text())
     assert off["data"]["replay"] is None and "replay:" not in res.stdout
-    if replay["rows"]: assert on["train"]["train_tokens"] > off["train"]["train_tokens"]
     again = run_cli("run", *common, "--output-dir", tmp_path / "again", "--replay", prompts)
     assert again.returncode == 0
     assert json.loads((tmp_path / "again" / "metrics.json").read_text())["data"]["replay"] == replay
+
+
+def test_replayed_answers_that_ended_train_and_cut_ones_do_not(llama_dir, tmp_path, monkeypatch):
+    # a tiny random model never ends an answer, so the base model's answers are given; the rest of the run is real
+    import gpt_finetune.replay as replay
+    from gpt_finetune.cli import main
+    def answers(model, tokenizer, prompts, **options):
+        ended = lambda p: "sky" in p
+        return [{"input": p, "output": "Sunlight scatters." if ended(p) else "Red, orange and",
+                 "finish_reason": "stop" if ended(p) else "length"} for p in prompts]
+    monkeypatch.setattr(replay, "replay_answers", answers)
+    monkeypatch.setenv("GPT_FINETUNE_CACHE", str(tmp_path / "cache"))
+    data, prompts = tmp_path / "my.json", tmp_path / "prompts.txt"
+    data.write_text(json.dumps(_pairs(30)))
+    prompts.write_text("Why is the sky blue?\nName the colours of a rainbow.\n")
+    common = ["--data", str(data), "--model", str(llama_dir), "--epochs", "1", "--max-new-tokens", "4",
+              "--probe", "none", "--no-progress"]
+    assert main(["run", *common, "--output-dir", str(tmp_path / "on"), "--replay", str(prompts)]) == 0
+    assert main(["run", *common, "--output-dir", str(tmp_path / "off"), "--replay", "none"]) == 0
+    on, off = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("on", "off"))
+    assert on["data"]["replay"] == {"prompts": 2, "unlike_your_data": 2, "rows": 1, "cut_short": 1, "empty": 0}
+    assert on["train"]["train_tokens"] > off["train"]["train_tokens"]  # the answer that ended trained
 
 
 @pytest.mark.parametrize("content, why", [(b"fine\n\xff\xfe\n", "bad.txt:2: not UTF-8 text"),
