@@ -302,14 +302,20 @@ def config_args(path: str | Path, # a YAML or JSON file of options
 @contextmanager
 def _interruptible(every: float = 0.1): # seconds between checks for a pending Ctrl-C
     "Wake a blocking read in the main thread every `every` s, so a Ctrl-C that arrived just before it is seen."
-    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
-        yield; return  # signals reach only the main thread; Windows has no timers (nor this race's read)
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_kill"):
+        yield; return  # signals reach only the main thread; Windows has no pthread_kill (nor this race's read)
     old = signal.signal(signal.SIGALRM, lambda *_: None)  # the handler does nothing: the interrupted read is the point
-    signal.setitimer(signal.ITIMER_REAL, every, every)
+    main, done = threading.get_ident(), threading.Event()
+    def wake():  # aimed at the main thread: a process-wide timer's signal may land on any thread (torch has many)
+        while not done.wait(every): signal.pthread_kill(main, signal.SIGALRM)
+    waker = threading.Thread(target=wake, name="interruptible", daemon=True)
+    waker.start()
     try: yield
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
+        done.set()
+        try: waker.join()
+        finally:  # a Ctrl-C during the join leaves the harmless no-op handler: a late signal must not hit SIG_DFL
+            if not waker.is_alive(): signal.signal(signal.SIGALRM, old)
 
 # %% ../nbs/05_cli.ipynb #229d6a04
 def _answer(model, tokenizer, messages: list[dict], cfg: ChatConfig, out) -> str:
