@@ -1,7 +1,7 @@
 """`gpt-finetune chat` under a pseudo-terminal, as a person would use it: answers stream, the conversation is
 kept, /reset starts over, Ctrl-D or Ctrl-C leave cleanly wherever the Ctrl-C lands (05_cli shows /exit), and the
 prompt has readline's line editing and history, kept in a file on request."""
-import fcntl, os, pty, select, subprocess, sys, termios, time
+import fcntl, os, pty, select, signal, subprocess, sys, termios, time
 from pathlib import Path
 
 import pytest
@@ -15,8 +15,14 @@ def gpt2_dir(tmp_path_factory):
     return save_tiny(tmp_path_factory, "gpt2")
 
 
+def _ctrl_c_as_in_a_shell():
+    "Ctrl-C's default action in the command, even when these tests run in a background job (which ignores SIGINT)."
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _own_terminal():
     "Make the pseudo-terminal the command's controlling terminal, so Ctrl-C typed into it sends SIGINT, as in a shell."
+    _ctrl_c_as_in_a_shell()
     os.setsid()
     fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
@@ -91,7 +97,8 @@ def test_a_ctrl_c_that_lands_before_the_read_is_honoured(stdin):
     fd, slave = pty.openpty() if stdin == "terminal" else os.pipe()  # either way, nothing is ever typed
     try:
         proc = subprocess.Popen([sys.executable, "-c", RACE], stdin=slave if stdin == "terminal" else fd,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                preexec_fn=_ctrl_c_as_in_a_shell)
         try: out = proc.communicate(timeout=60)[0]
         except subprocess.TimeoutExpired:
             proc.kill(); proc.communicate()
