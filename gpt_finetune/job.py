@@ -429,10 +429,6 @@ def _prepare_run(cfg: RunConfig, out: Path, model, tokenizer) -> tuple:
     return model, tokenizer, splits, dss, dropped, data, probe, replay, adapters
 
 # %% ../nbs/04d_job.ipynb #d0939732
-def _question(r: dict) -> str:
-    "What a record asks: its last user turn."
-    return next((m["content"] for m in reversed(r.get("messages") or []) if m["role"] == "user"), r.get("input") or "")
-
 def replay_rows(cfg: RunConfig, # `data.replay`, `data.system`, `data.max_length`, `eval`, `train.seed`
                 model, # the base model, before training
                 tokenizer, # its tokenizer
@@ -444,7 +440,7 @@ def replay_rows(cfg: RunConfig, # `data.replay`, `data.system`, `data.max_length
     from datasets import concatenate_datasets
     from gpt_finetune.replay import replay_answers, replay_dataset, unlike_inputs
     if not prompts: return train_ds, None
-    used = unlike_inputs(prompts, [_question(r) for r in train], seed=cfg.train.seed)
+    used = unlike_inputs(prompts, [r["input"] for r in train], seed=cfg.train.seed)
     info = {"prompts": len(prompts), "unlike_your_data": len(used), "rows": 0, "cut_short": 0, "empty": 0}
     if not used: return train_ds, info
     def answer(m, t, records, **o): return {}, replay_answers(m, t, [r["messages"][0]["content"] for r in records], **o)

@@ -71,7 +71,8 @@ def unlike_inputs(prompts: list[str], # replay prompts, from `load_replay`
     "The prompts whose shape overlaps no user input's by `threshold` or more: the user's kind of question is theirs."
     if len(inputs) > MAX_COMPARED: inputs = random.Random(seed).sample(inputs, MAX_COMPARED)
     users = [w for w in {question_shape(t) for t in inputs} if w]
-    return [p for p in prompts if not any(_overlap(question_shape(p), u) >= threshold for u in users)]
+    shapes = {p: question_shape(p) for p in prompts}  # once per prompt, not once per prompt and user question
+    return [p for p in prompts if not any(_overlap(shapes[p], u) >= threshold for u in users)]
 
 # %% ../nbs/03c_replay.ipynb #05565b3d
 def replay_answers(model, # the base model, before any training
