@@ -438,7 +438,7 @@ def replay_rows(cfg: RunConfig, # `data.replay`, `data.system`, `data.max_length
                ) -> tuple:
     "Training rows with replay added (the base model's cached answers to prompts unlike the user's), and a summary."
     from datasets import concatenate_datasets
-    from gpt_finetune.replay import replay_answers, replay_dataset, unlike_inputs
+    from gpt_finetune.replay import REPLAY_TOKENS, replay_answers, replay_dataset, unlike_inputs
     if not prompts: return train_ds, None
     used = unlike_inputs(prompts, [r["input"] for r in train], seed=cfg.train.seed)
     info = {"prompts": len(prompts), "unlike_your_data": len(used), "rows": 0, "cut_short": 0, "empty": 0}
@@ -446,8 +446,8 @@ def replay_rows(cfg: RunConfig, # `data.replay`, `data.system`, `data.max_length
     def answer(m, t, records, **o): return {}, replay_answers(m, t, [r["messages"][0]["content"] for r in records], **o)
     asked = [{"messages": [{"role": "user", "content": p}]} for p in used]
     answers = baseline_evaluation(model, tokenizer, asked, cfg.eval.reuse_baseline, evaluate=answer,
-                                  batch_size=cfg.eval.eval_batch_size, system=cfg.data.system,
-                                  progress=cfg.train.progress)[1]
+                                  max_new_tokens=REPLAY_TOKENS, batch_size=cfg.eval.eval_batch_size,
+                                  system=cfg.data.system, progress=cfg.train.progress)[1]  # the limit keys the cache
     rows = replay_dataset(answers, tokenizer, len(train_ds), cfg.data.system, seed=cfg.train.seed)
     rows = rows.filter(lambda n: n <= cfg.data.max_length, input_columns="length")
     cut = [a["finish_reason"] == "length" for a in answers]  # left out, like empty answers (`replay_dataset`)

@@ -121,11 +121,11 @@ SEED_MAX = 2**32 - 1  # numpy's seeds stop here
 class TrainConfig(Checked):
     "How to fine-tune: every field has a default a beginner can trust."
     output_dir: str = option("outputs/train", "the trainer's folder: checkpoints, run id, step log, loss plot")
-    epochs: float = option(2.0, "passes over the training split; on a few hundred pairs "
-                           "a third epoch starts memorizing", above=0, at_most=10_000)
+    epochs: float = option(2.0, "passes over the training split (replay rows included); early stopping "
+                           "keeps the best weights when later passes stop helping", above=0, at_most=10_000)
     min_steps: int = option(0, "optimizer steps a run makes at least: on a small file more epochs, up to 20, "
                             "early stopping still guarding (0: just --epochs)", at_least=0, at_most=10**9)
-    learning_rate: float = option(5e-5, "peak learning rate; full fine-tuning of a ~100M model likes 2e-5..1e-4",
+    learning_rate: float = option(7e-5, "peak learning rate; full fine-tuning of a ~100M model likes 2e-5..1e-4",
                                   above=0, at_most=1)
     batch_size: int = option(8, "examples per batch, packed into one row (0: as many as memory allows, up to 16)",
                              at_least=0, at_most=65_536)

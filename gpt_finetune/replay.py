@@ -15,8 +15,8 @@ from .generation import generate_texts
 from .probe import probe_words
 
 # %% auto #0
-__all__ = ['MAX_REPLAY_BYTES', 'MAX_PROMPT_CHARS', 'SIMILAR', 'MAX_COMPARED', 'REPLAY_SHARE', 'replay_path', 'load_replay',
-           'question_shape', 'unlike_inputs', 'replay_answers', 'replay_dataset']
+__all__ = ['MAX_REPLAY_BYTES', 'MAX_PROMPT_CHARS', 'SIMILAR', 'MAX_COMPARED', 'REPLAY_TOKENS', 'REPLAY_SHARE', 'replay_path',
+           'load_replay', 'question_shape', 'unlike_inputs', 'replay_answers', 'replay_dataset']
 
 # %% ../nbs/03c_replay.ipynb #4db5cd08
 MAX_REPLAY_BYTES = 1 << 20  # a prompt list, not a data set: a larger file is a mistake
@@ -75,10 +75,12 @@ def unlike_inputs(prompts: list[str], # replay prompts, from `load_replay`
     return [p for p in prompts if not any(_overlap(shapes[p], u) >= threshold for u in users)]
 
 # %% ../nbs/03c_replay.ipynb #05565b3d
+REPLAY_TOKENS = 48  # the longest replayed answer: the style is in the first sentences, and longer ones teach rambling
+
 def replay_answers(model, # the base model, before any training
                    tokenizer, # its tokenizer
                    prompts: list[str], # replay prompts
-                   max_new_tokens: int = 48, # the longest answer kept, in tokens
+                   max_new_tokens: int = REPLAY_TOKENS, # the longest answer kept, in tokens
                    batch_size: int = 64, # prompts generated together
                    system: str | None = None, # the system prompt the run trains with
                    progress: bool = False, # show a progress bar over the batches

@@ -75,7 +75,7 @@ def test_each_default_shown_once_and_flags_exist():
     for flag in ("--trust-remote-code", "--allow-pickle", "--config", "--report-to", "--quantize", "--adapter-only",
                  "--push-to-hub", "--overwrite", "--keep-checkpoints", "--reuse-baseline", "--data", "--resume"):
         assert flag in run, flag
-    assert "(default: 5e-05)" in run["--learning-rate"] and "OUTPUT_DIR/checkpoints" in run["--save-every"]
+    assert "(default: 7e-05)" in run["--learning-rate"] and "OUTPUT_DIR/checkpoints" in run["--save-every"]
     assert "checkpoints" in run["--output-dir"] and "config.yaml" in run["--output-dir"]
     assert {"--system", "--temperature", "--max-tokens", "--model"} <= set(_help_lines(parser.commands["chat"]))
     # visible to everyone in `ps`: the key comes from the environment

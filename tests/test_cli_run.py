@@ -144,6 +144,28 @@ def test_replayed_answers_that_ended_train_and_cut_ones_do_not(llama_dir, tmp_pa
     assert on["train"]["train_tokens"] > off["train"]["train_tokens"]  # the answer that ended trained
 
 
+def test_replay_answers_are_cached_per_length_limit(llama_dir, tmp_path, monkeypatch):
+    # the base model's answers are cached between runs; a different length limit must ask the model again, not reuse
+    import gpt_finetune.replay as replay
+    from gpt_finetune.cli import main
+    asked = []
+    def answers(model, tokenizer, prompts, max_new_tokens=None, **options):
+        asked.append(max_new_tokens)
+        return [{"input": p, "output": "Sunlight scatters.", "finish_reason": "stop"} for p in prompts]
+    monkeypatch.setattr(replay, "replay_answers", answers)
+    monkeypatch.setenv("GPT_FINETUNE_CACHE", str(tmp_path / "cache"))
+    data, prompts = tmp_path / "my.json", tmp_path / "prompts.txt"
+    data.write_text(json.dumps(_pairs(30)))
+    prompts.write_text("Why is the sky blue?\n")
+    common = ["--data", str(data), "--model", str(llama_dir), "--epochs", "1", "--max-new-tokens", "4",
+              "--probe", "none", "--no-progress", "--replay", str(prompts), "--overwrite"]
+    first = replay.REPLAY_TOKENS
+    for limit in (first, first, 2 * first):
+        monkeypatch.setattr(replay, "REPLAY_TOKENS", limit)
+        assert main(["run", *common, "--output-dir", str(tmp_path / "out")]) == 0
+    assert asked == [first, 2 * first]  # the second run reused the first's answers; the third, with another limit, asked
+
+
 @pytest.mark.parametrize("content, why", [(b"fine\n\xff\xfe\n", "bad.txt:2: not UTF-8 text"),
                                           (b"fine\nnul \x00 here\n", "bad.txt:2: a NUL character"),
                                           (b"\n  \n", "bad.txt: no replay prompts")])
