@@ -163,7 +163,7 @@ def test_replay_answers_are_cached_per_length_limit(llama_dir, tmp_path, monkeyp
     for limit in (first, first, 2 * first):
         monkeypatch.setattr(replay, "REPLAY_TOKENS", limit)
         assert main(["run", *common, "--output-dir", str(tmp_path / "out")]) == 0
-    assert asked == [first, 2 * first]  # the second run reused the first's answers; the third, with another limit, asked
+    assert asked == [first, 2 * first]  # run 2 reused run 1's answers; run 3, with another limit, asked again
 
 
 @pytest.mark.parametrize("content, why", [(b"fine\n\xff\xfe\n", "bad.txt:2: not UTF-8 text"),
