@@ -75,7 +75,7 @@ def unlike_inputs(prompts: list[str], # replay prompts, from `load_replay`
     return [p for p in prompts if not any(_overlap(shapes[p], u) >= threshold for u in users)]
 
 # %% ../nbs/03c_replay.ipynb #05565b3d
-REPLAY_TOKENS = 48  # the longest replayed answer: the style is in the first sentences, and longer ones teach rambling
+REPLAY_TOKENS = 48  # the longest replayed answer: the style is in the first sentences (a longer limit measured worse)
 
 def replay_answers(model, # the base model, before any training
                    tokenizer, # its tokenizer

@@ -1,5 +1,6 @@
 """The main job end to end through the real `gpt-finetune` command, on tiny random models."""
 import json
+from pathlib import Path
 
 import pytest
 
@@ -122,21 +123,27 @@ def test_run_replays_the_base_models_own_answers(tiny_dir, tmp_path, monkeypatch
     assert json.loads((tmp_path / "again" / "metrics.json").read_text())["data"]["replay"] == replay
 
 
+def _given_replay(answers, prompt_lines: str, llama_dir, tmp_path, monkeypatch) -> tuple[list[str], Path]:
+    "A run's common flags and its replay prompt file, with `answers` standing in for the base model's replay answers."
+    import gpt_finetune.replay as replay
+    monkeypatch.setattr(replay, "replay_answers", answers)
+    monkeypatch.setenv("GPT_FINETUNE_CACHE", str(tmp_path / "cache"))
+    data, prompts = tmp_path / "my.json", tmp_path / "prompts.txt"
+    data.write_text(json.dumps(_pairs(30)))
+    prompts.write_text(prompt_lines)
+    return ["--data", str(data), "--model", str(llama_dir), "--epochs", "1", "--max-new-tokens", "4",
+            "--probe", "none", "--no-progress"], prompts
+
+
 def test_replayed_answers_that_ended_train_and_cut_ones_do_not(llama_dir, tmp_path, monkeypatch):
     # a tiny random model never ends an answer, so the base model's answers are given; the rest of the run is real
-    import gpt_finetune.replay as replay
     from gpt_finetune.cli import main
     def answers(model, tokenizer, prompts, **options):
         ended = lambda p: "sky" in p
         return [{"input": p, "output": "Sunlight scatters." if ended(p) else "Red, orange and",
                  "finish_reason": "stop" if ended(p) else "length"} for p in prompts]
-    monkeypatch.setattr(replay, "replay_answers", answers)
-    monkeypatch.setenv("GPT_FINETUNE_CACHE", str(tmp_path / "cache"))
-    data, prompts = tmp_path / "my.json", tmp_path / "prompts.txt"
-    data.write_text(json.dumps(_pairs(30)))
-    prompts.write_text("Why is the sky blue?\nName the colours of a rainbow.\n")
-    common = ["--data", str(data), "--model", str(llama_dir), "--epochs", "1", "--max-new-tokens", "4",
-              "--probe", "none", "--no-progress"]
+    common, prompts = _given_replay(answers, "Why is the sky blue?\nName the colours of a rainbow.\n", llama_dir,
+                                    tmp_path, monkeypatch)
     assert main(["run", *common, "--output-dir", str(tmp_path / "on"), "--replay", str(prompts)]) == 0
     assert main(["run", *common, "--output-dir", str(tmp_path / "off"), "--replay", "none"]) == 0
     on, off = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("on", "off"))
@@ -152,17 +159,12 @@ def test_replay_answers_are_cached_per_length_limit(llama_dir, tmp_path, monkeyp
     def answers(model, tokenizer, prompts, max_new_tokens=None, **options):
         asked.append(max_new_tokens)
         return [{"input": p, "output": "Sunlight scatters.", "finish_reason": "stop"} for p in prompts]
-    monkeypatch.setattr(replay, "replay_answers", answers)
-    monkeypatch.setenv("GPT_FINETUNE_CACHE", str(tmp_path / "cache"))
-    data, prompts = tmp_path / "my.json", tmp_path / "prompts.txt"
-    data.write_text(json.dumps(_pairs(30)))
-    prompts.write_text("Why is the sky blue?\n")
-    common = ["--data", str(data), "--model", str(llama_dir), "--epochs", "1", "--max-new-tokens", "4",
-              "--probe", "none", "--no-progress", "--replay", str(prompts), "--overwrite"]
+    common, prompts = _given_replay(answers, "Why is the sky blue?\n", llama_dir, tmp_path, monkeypatch)
     first = replay.REPLAY_TOKENS
     for limit in (first, first, 2 * first):
         monkeypatch.setattr(replay, "REPLAY_TOKENS", limit)
-        assert main(["run", *common, "--output-dir", str(tmp_path / "out")]) == 0
+        run = ["run", *common, "--output-dir", str(tmp_path / "out"), "--replay", str(prompts), "--overwrite"]
+        assert main(run) == 0
     assert asked == [first, 2 * first]  # run 2 reused run 1's answers; run 3, with another limit, asked again
 
 
