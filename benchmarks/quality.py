@@ -17,7 +17,9 @@ on finishes sooner that way); `--one-at-a-time` gives each every core in turn. B
 `gpt-finetune evaluate` on the same test records with TRL's model as the baseline, so every metric comes with the
 paired-bootstrap 95 % interval of the difference (ours - TRL), and on the general-knowledge probe, where "kept" is
 the share of the probe questions the base model answers right that each fine-tuned model still answers right
-(compared on the same questions, with a paired-bootstrap interval of the difference).
+(compared on the same questions, with a paired-bootstrap interval of the difference), and "probe accuracy" the share
+of every probe question each answers right, which also counts the answers a fine-tune gets newly right. Each
+model's probe answers are made by one script (`PROBE_SCRIPT`), the same for both.
 Results: benchmarks/results/quality.{json,txt} and gpt_finetune/assets/quality.json (read by README.md and the
 training lesson).
 
@@ -133,8 +135,9 @@ probe = load_probe("default")
 base, tok = load_model()
 base_p = probe_answers(base, tok, probe, True)  # cached, as `run` caches it
 model, tok = load_model(sys.argv[1])
-res = compare_probe(probe, base_p, probe_answers(model, tok, probe))
-json.dump({"result": res, "base_right": [a["right"] for a in base_p]}, open(sys.argv[2], "w"), ensure_ascii=False)
+tuned = probe_answers(model, tok, probe)
+json.dump({"result": compare_probe(probe, base_p, tuned), "base_right": [a["right"] for a in base_p],
+           "right": [a["right"] for a in tuned]}, open(sys.argv[2], "w"), ensure_ascii=False)
 """
 
 
@@ -183,24 +186,36 @@ def finish_trl(d: Path, train_f: Path, started: tuple | None) -> float:
     return secs
 
 
+def probe_rights(d: Path, model: Path, out: Path) -> dict:
+    "The probe file of `model` (`PROBE_SCRIPT`): made once, again when an older one lacks the per-question answers."
+    if not out.exists() or "right" not in json.loads(out.read_text()):
+        _run([sys.executable, "-c", PROBE_SCRIPT, str(model), str(out)], d / f"{out.stem}.log")
+    return json.loads(out.read_text())
+
+
+def paired_rates(ours: list[bool], trl: list[bool], seed: int = 0) -> dict:
+    "Both models' share right on the same questions, the difference, its paired-bootstrap 95 % interval, a verdict."
+    import numpy as np
+    o, t = np.array(ours, float), np.array(trl, float)
+    idx = np.random.default_rng(seed).integers(0, len(o), (10_000, len(o)))
+    lo, hi = np.quantile(o[idx].mean(1) - t[idx].mean(1), [0.025, 0.975])
+    verdict = "better" if lo > 0 else "worse" if hi < 0 else "no clear difference"
+    return {"ours_rate": o.mean(), "trl_rate": t.mean(), "ours_count": int(o.sum()), "trl_count": int(t.sum()),
+            "diff": o.mean() - t.mean(), "diff_ci": [float(lo), float(hi)], "verdict": verdict}
+
+
 def kept_rows(ours: dict, trl: dict, seed: int = 0) -> dict:
     "Kept rate of both recipes on the questions the base model had right, and the paired bootstrap of the difference."
-    import numpy as np
-    base_right = [i for i, r in enumerate(trl["base_right"]) if r]
-    broken = lambda res: {b["input"] for b in res["broken"]}
-    ob, tb = broken(ours), broken(trl["result"])
-    from gpt_finetune.probe import load_probe
-    probe = load_probe("default")
-    o = np.array([probe[i]["input"] not in ob for i in base_right], float)
-    t = np.array([probe[i]["input"] not in tb for i in base_right], float)
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(o), (10_000, len(o)))
-    diffs = o[idx].mean(1) - t[idx].mean(1)
-    lo, hi = np.quantile(diffs, [0.025, 0.975])
-    verdict = "better" if lo > 0 else "worse" if hi < 0 else "no clear difference"
-    return {"base_right": len(base_right), "ours_kept": int(o.sum()), "trl_kept": int(t.sum()),
-            "ours_rate": o.mean(), "trl_rate": t.mean(), "ours_ci": ours["kept_ci"], "trl_ci": trl["result"]["kept_ci"],
-            "diff": o.mean() - t.mean(), "diff_ci": [float(lo), float(hi)], "verdict": verdict}
+    was = [i for i, r in enumerate(trl["base_right"]) if r]
+    row = paired_rates([ours["right"][i] for i in was], [trl["right"][i] for i in was], seed)
+    return {"base_right": len(was), "ours_kept": row["ours_count"], "trl_kept": row["trl_count"], **row,
+            "ours_ci": ours["result"]["kept_ci"], "trl_ci": trl["result"]["kept_ci"]}
+
+
+def accuracy_rows(ours: dict, trl: dict, seed: int = 0) -> dict:
+    "Share of every probe question each model answers right (the base model's share beside), paired bootstrap."
+    return {"questions": len(ours["right"]), "base_rate": sum(trl["base_right"]) / len(trl["base_right"]),
+            **paired_rates(ours["right"], trl["right"], seed)}
 
 
 def run_set(name: str, work: Path, quick: bool, reuse: bool = False, ours_args: list[str] = (), label: str = "ours",
@@ -210,9 +225,10 @@ def run_set(name: str, work: Path, quick: bool, reuse: bool = False, ours_args: 
     d = work / name; d.mkdir(parents=True, exist_ok=True)
     train_f, test_f = write_jsonl(d / "train.jsonl", train), write_jsonl(d / "test.jsonl", test)
     if reuse and (d / f"eval-{label}" / "metrics.json").exists():  # this recipe already ran and was scored here
-        return score_set(name, d, label, len(train), len(test), json.loads((d / "trl" / "done.json").read_text())[
-            "train_s"], json.loads((d / label / "metrics.json").read_text())["timings"].get("training_s"), ours_args)
-    threads = 1 if together else None
+        return {**score_set(name, d, label, len(train), len(test), json.loads((d / "trl" / "done.json").read_text())[
+            "train_s"], json.loads((d / label / "metrics.json").read_text())["timings"].get("training_s"), ours_args),
+                "rescored": True}
+    start, threads = time.perf_counter(), 1 if together else None
     trl = start_trl(d, train_f, reuse, threads)
     if not together: trl_s, trl = finish_trl(d, train_f, trl), None
     ours = _start([str(BIN / "gpt-finetune"), "run", "--data", str(train_f), "--test-data", str(test_f),
@@ -223,19 +239,25 @@ def run_set(name: str, work: Path, quick: bool, reuse: bool = False, ours_args: 
     _run([str(BIN / "gpt-finetune"), "evaluate", "--model", str(d / label / "model"), "--baseline",
           str(d / "trl" / "model"), "--data", str(test_f), "--output-dir", str(d / f"eval-{label}"), "--probe", "none"],
          d / f"eval-{label}.log")
-    return score_set(name, d, label, len(train), len(test), trl_s, ours_s, ours_args)
+    row = score_set(name, d, label, len(train), len(test), trl_s, ours_s, ours_args)
+    wall = {"seconds": round(time.perf_counter() - start, 1)}  # the set's time, kept for a later re-scoring
+    (d / f"eval-{label}" / "set_seconds.json").write_text(json.dumps(wall))
+    return {**row, "set_s": wall["seconds"]}
 
 
 def score_set(name: str, d: Path, label: str, n_train: int, n_test: int, trl_s, ours_s, ours_args) -> dict:
     "The row of set `name` from its folder: the comparison on the test records, the probe, the runs' figures."
     comparison = json.loads((d / f"eval-{label}" / "metrics.json").read_text())["comparison"]
     ours = json.loads((d / label / "metrics.json").read_text())
-    trl = json.loads((d / "trl" / "probe.json").read_text())
+    trl_p = probe_rights(d, d / "trl" / "model", d / "trl" / "probe.json")
+    ours_p = probe_rights(d, d / label / "model", d / f"probe-{label}.json")
+    timed = d / f"eval-{label}" / "set_seconds.json"
     return {"set": name, "train_records": n_train, "test_records": n_test,
             "train_s": {"trl": trl_s, "ours": ours_s}, "ours_args": list(ours_args), "comparison": comparison,
-            "kept": kept_rows(ours["probe"], trl), "ours_steps": ours["train"].get("steps"),
-            "ours_epochs": ours["train"].get("epochs"), "ours_best_step": ours["train"].get("best_step"),
-            "replay": ours["data"].get("replay")}
+            "kept": kept_rows(ours_p, trl_p), "probe_accuracy": accuracy_rows(ours_p, trl_p),
+            "ours_steps": ours["train"].get("steps"), "ours_epochs": ours["train"].get("epochs"),
+            "ours_best_step": ours["train"].get("best_step"), "replay": ours["data"].get("replay"),
+            "set_s": json.loads(timed.read_text())["seconds"] if timed.exists() else None}
 
 
 SHOWN = ("exact_match", "token_f1", "rougeL", "chrf", "eval_loss", "stop_rate")
@@ -257,6 +279,10 @@ def table(rows: list[dict]) -> str:
         lines.append(f"| {where} | kept (of {k['base_right']} probe answers the base had right) "
                      f"| {k['ours_rate']:.3f} ({k['ours_kept']}) | {k['trl_rate']:.3f} ({k['trl_kept']}) "
                      f"| {k['diff']:+.3f} [{lo:+.3f}, {hi:+.3f}] | {k['verdict']} |")
+        a = r["probe_accuracy"]; lo, hi = a["diff_ci"]
+        lines.append(f"| {where} | probe accuracy (of {a['questions']} questions; base model {a['base_rate']:.3f}) "
+                     f"| {a['ours_rate']:.3f} | {a['trl_rate']:.3f} "
+                     f"| {a['diff']:+.3f} [{lo:+.3f}, {hi:+.3f}] | {a['verdict']} |")
     return "\n".join(lines)
 
 
@@ -283,7 +309,11 @@ def main(argv=None):
         rows.append(run_set(name, work, a.quick, a.reuse_trl, a.ours_args.split(), a.label, not a.one_at_a_time))
         print(f"{name}: done in {sum(rows[-1]['train_s'].values()):.0f} s of training", flush=True)
     md = table(rows)
-    out = {"quick": a.quick, "minutes": round((time.perf_counter() - start) / 60, 1), "reused_trl": a.reuse_trl,
+    took = round((time.perf_counter() - start) / 60, 1)
+    sets = [r["set_s"] for r in rows]  # a re-scoring invocation takes seconds: the runs' own times are the figure
+    minutes = round(sum(sets) / 60, 1) if all(s is not None for s in sets) else took
+    out = {"quick": a.quick, "minutes": minutes, "this_invocation_minutes": took, "cpus": os.cpu_count(),
+           "reused_trl": a.reuse_trl,
            "together": not a.one_at_a_time, "rows": rows, "markdown": md}
     trial = a.reuse_trl or a.ours_args or a.label != "ours"  # a recipe being tried: its table stays in --work
     where = work if trial and not a.publish else RESULTS
