@@ -181,14 +181,14 @@ def finish_trl(d: Path, train_f: Path, started: tuple | None) -> float:
     "Wait for TRL's training, answer the probe with its model; returns its training seconds."
     if started is None: return json.loads((d / "trl" / "done.json").read_text())["train_s"]
     secs = _wait(started)
-    _run([sys.executable, "-c", PROBE_SCRIPT, str(d / "trl" / "model"), str(d / "trl" / "probe.json")], d / "probe.log")
+    probe_rights(d, d / "trl" / "model", d / "trl" / "probe.json", again=True)  # a new model: never an old file
     (d / "trl" / "done.json").write_text(json.dumps({"key": _trl_key(train_f), "train_s": secs}))
     return secs
 
 
-def probe_rights(d: Path, model: Path, out: Path) -> dict:
-    "The probe file of `model` (`PROBE_SCRIPT`): made once, again when an older one lacks the per-question answers."
-    if not out.exists() or "right" not in json.loads(out.read_text()):
+def probe_rights(d: Path, model: Path, out: Path, again: bool = False) -> dict:
+    "The probe file of `model` (`PROBE_SCRIPT`): made once, again when asked or when an older one lacks the answers."
+    if again or not out.exists() or "right" not in json.loads(out.read_text()):
         _run([sys.executable, "-c", PROBE_SCRIPT, str(model), str(out)], d / f"{out.stem}.log")
     return json.loads(out.read_text())
 
@@ -239,18 +239,20 @@ def run_set(name: str, work: Path, quick: bool, reuse: bool = False, ours_args: 
     _run([str(BIN / "gpt-finetune"), "evaluate", "--model", str(d / label / "model"), "--baseline",
           str(d / "trl" / "model"), "--data", str(test_f), "--output-dir", str(d / f"eval-{label}"), "--probe", "none"],
          d / f"eval-{label}.log")
-    row = score_set(name, d, label, len(train), len(test), trl_s, ours_s, ours_args)
+    row = score_set(name, d, label, len(train), len(test), trl_s, ours_s, ours_args, probe_again=True)
     wall = {"seconds": round(time.perf_counter() - start, 1)}  # the set's time, kept for a later re-scoring
     (d / f"eval-{label}" / "set_seconds.json").write_text(json.dumps(wall))
     return {**row, "set_s": wall["seconds"]}
 
 
-def score_set(name: str, d: Path, label: str, n_train: int, n_test: int, trl_s, ours_s, ours_args) -> dict:
+def score_set(name: str, d: Path, label: str, n_train: int, n_test: int, trl_s, ours_s, ours_args,
+              probe_again: bool = False, # our model was just trained: its probe file from an earlier run is stale
+             ) -> dict:
     "The row of set `name` from its folder: the comparison on the test records, the probe, the runs' figures."
     comparison = json.loads((d / f"eval-{label}" / "metrics.json").read_text())["comparison"]
     ours = json.loads((d / label / "metrics.json").read_text())
     trl_p = probe_rights(d, d / "trl" / "model", d / "trl" / "probe.json")
-    ours_p = probe_rights(d, d / label / "model", d / f"probe-{label}.json")
+    ours_p = probe_rights(d, d / label / "model", d / f"probe-{label}.json", again=probe_again)
     timed = d / f"eval-{label}" / "set_seconds.json"
     return {"set": name, "train_records": n_train, "test_records": n_test,
             "train_s": {"trl": trl_s, "ours": ours_s}, "ours_args": list(ours_args), "comparison": comparison,

@@ -1,5 +1,5 @@
 "The quality benchmark's probe rows: kept counts only what the base model had right, accuracy counts every question."
-import importlib.util
+import importlib.util, json
 from pathlib import Path
 
 import pytest
@@ -50,3 +50,18 @@ def test_the_table_shows_kept_and_probe_accuracy_rows(quality):
     assert "kept (of 6 probe answers the base had right) | 1.000 (6) | 0.000 (0)" in lines[2]
     assert "probe accuracy (of 10 questions; base model 0.600) | 1.000 | 0.000" in lines[3]
     assert lines[3].endswith("| better |")
+
+
+def test_a_probe_file_is_reused_unless_the_model_is_new(quality, tmp_path, monkeypatch):
+    made = []
+    def fake_run(cmd, log):  # stands in for PROBE_SCRIPT: writes the file for the model it is given
+        made.append(cmd[3])
+        Path(cmd[4]).write_text(json.dumps({"right": [len(made) == 1], "base_right": [True], "result": {}}))
+    monkeypatch.setattr(quality, "_run", fake_run)
+    out = tmp_path / "probe-ours.json"
+    first = quality.probe_rights(tmp_path, tmp_path / "model", out)
+    assert quality.probe_rights(tmp_path, tmp_path / "model", out) == first and len(made) == 1  # re-scoring reuses it
+    assert quality.probe_rights(tmp_path, tmp_path / "model", out, again=True)["right"] == [False]  # a new model
+    out.write_text(json.dumps({"result": {}, "base_right": [True]}))  # an older file without per-question answers
+    quality.probe_rights(tmp_path, tmp_path / "model", out)
+    assert len(made) == 3
