@@ -28,7 +28,7 @@ construction) and from the chatterbot-corpus package (BSD-3-Clause, conversation
 licence is known.
 """
 from __future__ import annotations
-import argparse, hashlib, json, os, random, subprocess, sys, tempfile, time
+import argparse, hashlib, json, os, random, re, subprocess, sys, tempfile, time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -178,7 +178,7 @@ def _trl_key(train_f: Path) -> dict:
 
 
 def finish_trl(d: Path, train_f: Path, started: tuple | None) -> float:
-    "Wait for TRL's training, answer the probe with its model; returns its training seconds."
+    "Wait for TRL's run, answer the probe with its model; returns its process's seconds (kept in done.json)."
     if started is None: return json.loads((d / "trl" / "done.json").read_text())["train_s"]
     secs = _wait(started)
     probe_rights(d, d / "trl" / "model", d / "trl" / "probe.json", again=True)  # a new model: never an old file
@@ -225,27 +225,31 @@ def run_set(name: str, work: Path, quick: bool, reuse: bool = False, ours_args: 
     d = work / name; d.mkdir(parents=True, exist_ok=True)
     train_f, test_f = write_jsonl(d / "train.jsonl", train), write_jsonl(d / "test.jsonl", test)
     if reuse and (d / f"eval-{label}" / "metrics.json").exists():  # this recipe already ran and was scored here
-        return {**score_set(name, d, label, len(train), len(test), json.loads((d / "trl" / "done.json").read_text())[
-            "train_s"], json.loads((d / label / "metrics.json").read_text())["timings"].get("training_s"), ours_args),
-                "rescored": True}
+        return {**score_set(name, d, label, len(train), len(test), ours_args), "rescored": True}
     start, threads = time.perf_counter(), 1 if together else None
     trl = start_trl(d, train_f, reuse, threads)
-    if not together: trl_s, trl = finish_trl(d, train_f, trl), None
+    if not together: finish_trl(d, train_f, trl); trl = None
     ours = _start([str(BIN / "gpt-finetune"), "run", "--data", str(train_f), "--test-data", str(test_f),
                    "--output-dir", str(d / label), "--overwrite", "--no-progress", *ours_args], d / f"{label}.log",
                   threads if trl is not None else None)  # alone when TRL is not training beside it
-    ours_s = _wait(ours)
-    if together: trl_s = finish_trl(d, train_f, trl)
+    _wait(ours)
+    if together: finish_trl(d, train_f, trl)
     _run([str(BIN / "gpt-finetune"), "evaluate", "--model", str(d / label / "model"), "--baseline",
           str(d / "trl" / "model"), "--data", str(test_f), "--output-dir", str(d / f"eval-{label}"), "--probe", "none"],
          d / f"eval-{label}.log")
-    row = score_set(name, d, label, len(train), len(test), trl_s, ours_s, ours_args, probe_again=True)
+    row = score_set(name, d, label, len(train), len(test), ours_args, probe_again=True)
     wall = {"seconds": round(time.perf_counter() - start, 1)}  # the set's time, kept for a later re-scoring
     (d / f"eval-{label}" / "set_seconds.json").write_text(json.dumps(wall))
     return {**row, "set_s": wall["seconds"]}
 
 
-def score_set(name: str, d: Path, label: str, n_train: int, n_test: int, trl_s, ours_s, ours_args,
+def trl_train_seconds(d: Path) -> float | None:
+    "Seconds of TRL's `trainer.train()`, as its Trainer logged them (`train_runtime`) in `d/trl.log`."
+    found = re.findall(r"'train_runtime': '?([0-9.]+)", (d / "trl.log").read_text(errors="replace"))
+    return float(found[-1]) if found else None
+
+
+def score_set(name: str, d: Path, label: str, n_train: int, n_test: int, ours_args,
               probe_again: bool = False, # our model was just trained: its probe file from an earlier run is stale
              ) -> dict:
     "The row of set `name` from its folder: the comparison on the test records, the probe, the runs' figures."
@@ -255,10 +259,13 @@ def score_set(name: str, d: Path, label: str, n_train: int, n_test: int, trl_s, 
     ours_p = probe_rights(d, d / label / "model", d / f"probe-{label}.json", again=probe_again)
     timed = d / f"eval-{label}" / "set_seconds.json"
     return {"set": name, "train_records": n_train, "test_records": n_test,
-            "train_s": {"trl": trl_s, "ours": ours_s}, "ours_args": list(ours_args), "comparison": comparison,
+            # the training phase of each, timed by each: TRL's train(), our run's training (its evaluations included)
+            "train_s": {"trl": trl_train_seconds(d), "ours": ours["timings"].get("training_s")},
+            "ours_args": list(ours_args), "comparison": comparison,
             "kept": kept_rows(ours_p, trl_p), "probe_accuracy": accuracy_rows(ours_p, trl_p),
             "ours_steps": ours["train"].get("steps"), "ours_epochs": ours["train"].get("epochs"),
-            "ours_best_step": ours["train"].get("best_step"), "replay": ours["data"].get("replay"),
+            "ours_best_step": ours["train"].get("best_step"), "ours_planned_steps": ours["train"].get("planned_steps"),
+            "ours_extended": ours["train"].get("extended"), "replay": ours["data"].get("replay"),
             "set_s": json.loads(timed.read_text())["seconds"] if timed.exists() else None}
 
 
@@ -309,7 +316,7 @@ def main(argv=None):
     start, rows = time.perf_counter(), []
     for name in names:
         rows.append(run_set(name, work, a.quick, a.reuse_trl, a.ours_args.split(), a.label, not a.one_at_a_time))
-        print(f"{name}: done in {sum(rows[-1]['train_s'].values()):.0f} s of training", flush=True)
+        print(f"{name}: done in {sum(v or 0 for v in rows[-1]['train_s'].values()):.0f} s of training", flush=True)
     md = table(rows)
     took = round((time.perf_counter() - start) / 60, 1)
     sets = [r["set_s"] for r in rows]  # a re-scoring invocation takes seconds: the runs' own times are the figure

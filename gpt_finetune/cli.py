@@ -384,6 +384,9 @@ def _run(cfg: RunConfig) -> int:
     print(metrics_table(metrics, style="text"))
     t, clock, disk = metrics["train"], metrics["timings"], metrics["disk"]
     print(f"trained {t['train_tokens']:,} tokens in {t['runtime_s']:.0f} s ({t['tokens_per_s']:.0f} tokens/s)")
+    if t.get("extended"):
+        print(f"the validation loss was still falling at step {t['planned_steps']}, the planned last: training went on "
+              f"to step {t['steps']} (--extend-epochs)")
     print(f"time: base evaluation {clock['base_evaluation_s']:.0f} s"
           + (" (cached answers)" if clock["base_reused"] else "")
           + (f", replay {clock['replay_s']:.0f} s" if "replay_s" in clock else "")

@@ -125,6 +125,9 @@ class TrainConfig(Checked):
                            "keeps the best weights when later passes stop helping", above=0, at_most=10_000)
     min_steps: int = option(0, "optimizer steps a run makes at least: on a small file more epochs, up to 20, "
                             "early stopping still guarding (0: just --epochs)", at_least=0, at_most=10**9)
+    extend_epochs: float = option(1.0, "more passes, up to this many, when the validation loss is still falling at "
+                                  "the end of --epochs: a second cosine from the peak learning rate, early "
+                                  "stopping guarding (0: never)", at_least=0, at_most=10_000)
     learning_rate: float = option(7e-5, "peak learning rate; full fine-tuning of a ~100M model likes 2e-5..1e-4",
                                   above=0, at_most=1)
     batch_size: int = option(8, "examples per batch, packed into one row (0: as many as memory allows, up to 16)",

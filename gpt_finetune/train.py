@@ -4,7 +4,7 @@
 
 # %% ../nbs/02_train.ipynb #f0ee06a3
 from __future__ import annotations
-import importlib.util, json, os, shutil, time, uuid, zipfile
+import importlib.util, json, math, os, shutil, time, uuid, zipfile
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from transformers import AttentionInterface, PrinterCallback, Trainer, TrainerCallback, TrainingArguments
+from transformers.optimization import get_scheduler
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
@@ -22,7 +23,7 @@ from .options import TrainConfig
 from .speed import Bf16AdamW, fit_plan, tune_malloc
 
 # %% auto #0
-__all__ = ['MAX_EPOCHS', 'RUN_ID_FILE', 'answer_logits', 'answer_loss_sum', 'AnswerLossTrainer', 'training_args', 'planned_epochs', 'finetune', 'fused_cross_entropy', 'packed_sdpa', 'packed_attention', 'packed_rows', 'CheckpointError', 'NonFiniteLoss', 'finite_weights', 'find_checkpoint', 'check_fits', 'NoFinalCheckpoint', 'fsdp_on_cpu', 'unshard_model']
+__all__ = ['MAX_EPOCHS', 'EXTEND_PEAK', 'RUN_ID_FILE', 'answer_logits', 'answer_loss_sum', 'AnswerLossTrainer', 'training_args', 'steps_per_epoch', 'planned_epochs', 'extended_schedule', 'ExtendWhileImproving', 'finetune', 'fused_cross_entropy', 'packed_sdpa', 'packed_attention', 'packed_rows', 'CheckpointError', 'NonFiniteLoss', 'finite_weights', 'find_checkpoint', 'check_fits', 'NoFinalCheckpoint', 'fsdp_on_cpu', 'unshard_model']
 
 # %% ../nbs/02_train.ipynb #8ecd4354
 def answer_logits(model, # a causal LM
@@ -112,18 +113,27 @@ class _SafeSteps:
 class AnswerLossTrainer(_SafeSteps, _AnswerEval, Trainer):
     "A `Trainer` whose loss is the token-weighted cross-entropy on labelled positions; it times evaluations and saves."
     def __init__(self, *args, run_id: str | None = None, # written into every checkpoint; resuming checks it
+                 planned_steps: int | None = None, # the run may go on past this step (`extended_schedule`)
                  **kwargs):
         super().__init__(*args, **kwargs)
         self.model_accepts_loss_kwargs = True  # make the Trainer count answer tokens per optimizer step
         self.loss_is_scaled_for_ga = True  # compute_loss already divides by the step's token count
         self._eval_sums = torch.zeros(3, dtype=torch.float64)
         self.run_id, self.timings = run_id, {"eval_s": 0.0, "checkpoint_s": 0.0}
+        self.planned_steps = planned_steps
         self.fused = fused_cross_entropy(self.args.device.type)
 
     def create_accelerator_and_postprocess(self):
         super().create_accelerator_and_postprocess()
         if self.args.fsdp_plugin_args is not None:  # FSDP asked for: on CPU processes accelerate drops it (02b_scale)
             self.is_fsdp_enabled = fsdp_on_cpu(self.accelerator, self.args.fsdp_plugin_args)
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        if self.planned_steps is None or self.lr_scheduler is not None:
+            return super().create_scheduler(num_training_steps, optimizer)
+        self.lr_scheduler = extended_schedule(optimizer or self.optimizer, self.args, self.planned_steps,
+                                              num_training_steps)
+        return self.lr_scheduler
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss, n, outputs = answer_loss_sum(model, inputs, self.fused if model.training else None)
@@ -188,15 +198,54 @@ def _fit_to_memory(model, train_ds, cfg: TrainConfig, device: str) -> TrainConfi
 # %% ../nbs/02_train.ipynb #3d978969
 MAX_EPOCHS = 20  # the step budget's ceiling: more passes over a tiny file only memorize it
 
+def steps_per_epoch(n_rows: int, # training rows
+                    cfg: TrainConfig, # `batch_size` (resolved, not 0) and `grad_accum`
+                    processes: int = 1, # data-parallel processes, each taking its own batches
+                   ) -> int:
+    "Optimizer steps one pass over `n_rows` makes, counted as the Trainer counts them (a last partial step too)."
+    batches = -(-n_rows // (max(cfg.batch_size, 1) * processes))  # per process, the last batch partial
+    return max(-(-batches // cfg.grad_accum), 1)
+
 def planned_epochs(n_rows: int, # training rows
                    cfg: TrainConfig, # `epochs`, `min_steps`, `batch_size` (resolved, not 0), `grad_accum`
                    processes: int = 1, # data-parallel processes, each taking its own batches
                   ) -> float:
     "`cfg.epochs`, raised on a small file until the run makes `cfg.min_steps` optimizer steps (at most MAX_EPOCHS)."
-    batches = -(-n_rows // (max(cfg.batch_size, 1) * processes))  # per process and epoch, the last one partial
-    per_epoch = max(batches // cfg.grad_accum, 1)
+    per_epoch = steps_per_epoch(n_rows, cfg, processes)
     if per_epoch * cfg.epochs >= cfg.min_steps: return cfg.epochs
     return float(min(cfg.min_steps / per_epoch, max(cfg.epochs, MAX_EPOCHS)))
+
+# %% ../nbs/02_train.ipynb #549555a5
+EXTEND_PEAK = 1.0  # a warm restart at the full peak: half of it learned less of the sums (02_train's table)
+
+def extended_schedule(optimizer, # the optimizer whose learning rate is scheduled
+                      args: TrainingArguments, # `lr_scheduler_type`, warmup and its settings, for the planned steps
+                      planned_steps: int, # the last step of the planned passes
+                      total_steps: int, # the last step the extension may reach
+                     ) -> torch.optim.lr_scheduler.LambdaLR:
+    "`args`' schedule over the planned steps, then one cosine from EXTEND_PEAK × the peak to 0 at `total_steps`."
+    planned = get_scheduler(args.lr_scheduler_type, optimizer, args.get_warmup_steps(planned_steps), planned_steps,
+                            scheduler_specific_kwargs=args.lr_scheduler_kwargs).lr_lambdas[0]
+    def factor(step: int) -> float:
+        if step < planned_steps: return planned(step)
+        done = (step - planned_steps) / max(total_steps - planned_steps, 1)
+        return EXTEND_PEAK * 0.5 * (1 + math.cos(math.pi * min(done, 1.0)))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+# %% ../nbs/02_train.ipynb #d373d38a
+class ExtendWhileImproving(TrainerCallback):
+    "Evaluates at the planned last step and ends the run there unless that evaluation was the best so far."
+    def __init__(self, best: BestWeights, # early stopping's record of the best evaluation
+                 planned_steps: int): # the last step of the planned passes
+        self.best, self.planned_steps, self.extended = best, planned_steps, False
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.planned_steps: control.should_evaluate = True
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        if state.global_step != self.planned_steps: return
+        self.extended = self.best.step == state.global_step  # still falling: go on
+        if not self.extended: control.should_training_stop = True
 
 # %% ../nbs/02_train.ipynb #85a1c5a7
 def _callbacks(cfg: TrainConfig, best: BestWeights | None, callbacks: list | None) -> tuple[LivePlot, list]:
@@ -205,14 +254,23 @@ def _callbacks(cfg: TrainConfig, best: BestWeights | None, callbacks: list | Non
     return history, [history, EvalLog(), TrainingLog(out / "training_log.csv"), *([best] if best else []),
                      *([] if cfg.keep_checkpoints else [NoFinalCheckpoint()]), *(callbacks or [])]
 
+def _extension(cfg: TrainConfig, best: BestWeights | None, # None: no early stopping, so no extension either
+               per_epoch: int) -> tuple[TrainConfig, ExtendWhileImproving | None]:
+    "`cfg` with room for `extend_epochs` more passes, and the callback that decides on them."
+    if best is None or not cfg.extend_epochs: return cfg, None
+    gate = ExtendWhileImproving(best, math.ceil(cfg.epochs * per_epoch))  # the Trainer rounds its steps up too
+    return replace(cfg, epochs=cfg.epochs + cfg.extend_epochs), gate
+
 # %% ../nbs/02_train.ipynb #3c77421c
-def _make_trainer(model, args, train_ds, valid_ds, cfg: TrainConfig, bf16: bool, cbs: list, run_id: str):
+def _make_trainer(model, args, train_ds, valid_ds, cfg: TrainConfig, bf16: bool, cbs: list, run_id: str,
+                  planned_steps: int | None = None):
     "The `AnswerLossTrainer` of one run, with `Bf16AdamW` when the model trains in bf16 weights."
     opt = Bf16AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay) if bf16 else None
     if opt: model.to(torch.bfloat16)  # after the float32 master copies were taken
     trainer = AnswerLossTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=valid_ds,
                                 optimizers=(opt, None),
-                                data_collator=PackedCollator(), callbacks=cbs, run_id=run_id)
+                                data_collator=PackedCollator(), callbacks=cbs, run_id=run_id,
+                                planned_steps=planned_steps)
     if not cfg.progress: trainer.remove_callback(PrinterCallback)  # it prints raw log dicts; EvalLog says it in words
     return trainer, opt
 
@@ -233,11 +291,12 @@ def _train(trainer, model, device: str, ckpt: Path | None, opt, cfg: TrainConfig
     return result, attention
 
 # %% ../nbs/02_train.ipynb #33850a28
-def _throughput(train_ds, cfg: TrainConfig, done: float, seconds: float, t: dict, eval_s: float) -> dict:
-    "Phase times and tokens per second of this session's share `done` of the run (1 unless it resumed)."
+def _throughput(train_ds, per_epoch: int, steps: int, seconds: float, t: dict, eval_s: float) -> dict:
+    "Phase times and tokens per second of this session's `steps` optimizer steps (`per_epoch` to a pass)."
     train_s = max(seconds - t["eval_s"] - t["checkpoint_s"], 1e-6)  # a run resumed at its last step trains for ~0 s
-    tokens = int(sum(train_ds["length"]) * cfg.epochs * done)  # this session's share when resumed
-    answer = int(sum(sum(l != -100 for l in ls) for ls in train_ds["labels"]) * cfg.epochs * done)
+    passes = steps / per_epoch  # early stopping or a resumed run make fewer than planned
+    tokens = int(sum(train_ds["length"]) * passes)
+    answer = int(sum(sum(l != -100 for l in ls) for ls in train_ds["labels"]) * passes)
     return {"runtime_s": round(seconds, 2), "train_s": round(train_s, 2), "eval_s": round(eval_s, 2),
             "checkpoint_s": round(t["checkpoint_s"], 2), "train_tokens": tokens, "answer_tokens": answer,
             "tokens_per_s": round(tokens / train_s, 1), "answer_tokens_per_s": round(answer / train_s, 1)}
@@ -256,16 +315,20 @@ def finetune(model, # a causal LM, trained in place (full weights, or LoRA adapt
     cfg = cfg or TrainConfig()
     device = best_device() if cfg.device == "auto" else cfg.device
     cfg = _fit_to_memory(model, train_ds, cfg, device)
-    cfg = replace(cfg, epochs=planned_epochs(len(train_ds), cfg, int(os.environ.get("WORLD_SIZE", 1))))
+    processes = int(os.environ.get("WORLD_SIZE", 1))
+    cfg = replace(cfg, epochs=planned_epochs(len(train_ds), cfg, processes))
     if cfg.gradient_checkpointing: gradient_checkpointing(model)
     if device == "cpu": tune_malloc()  # reuse activation buffers instead of faulting in fresh pages every step
     prec = best_precision(device) if cfg.precision == "auto" else cfg.precision
     bf16 = _bf16_weights(cfg, model, device, prec)
+    best = BestWeights(cfg.early_stopping) if valid_ds is not None and cfg.eval_every and cfg.early_stopping else None
+    per_epoch, planned = steps_per_epoch(len(train_ds), cfg, processes), cfg.epochs
+    cfg, gate = _extension(cfg, best, per_epoch)
     args = training_args(cfg, valid_ds is not None, autocast=not bf16)  # checks the tracker before anything is written
     ckpt, run_id = _start_run(cfg, model, cfg.resume if resume is None else resume)
-    best = BestWeights(cfg.early_stopping) if valid_ds is not None and cfg.eval_every and cfg.early_stopping else None
-    out, (history, cbs) = Path(cfg.output_dir), _callbacks(cfg, best, callbacks)
-    trainer, opt = _make_trainer(model, args, train_ds, valid_ds, cfg, bf16, cbs, run_id)
+    out, (history, cbs) = Path(cfg.output_dir), _callbacks(cfg, best, [*([gate] if gate else []), *(callbacks or [])])
+    trainer, opt = _make_trainer(model, args, train_ds, valid_ds, cfg, bf16, cbs, run_id,
+                                 gate.planned_steps if gate else None)
     start = time.perf_counter()
     result, attention = _train(trainer, model, device, ckpt, opt, cfg)
     seconds, t = time.perf_counter() - start, dict(trainer.timings)
@@ -274,13 +337,14 @@ def finetune(model, # a causal LM, trained in place (full weights, or LoRA adapt
     if trainer.is_fsdp_enabled: unshard_model(model)  # every process gets the full weights back, to evaluate and save
     remove = not cfg.keep_checkpoints if remove_checkpoints is None else remove_checkpoints
     freed = _remove_checkpoints(out, run_id) if remove and trainer.is_world_process_zero() else 0
-    done = (result.global_step - _step(ckpt)) / max(result.global_step, 1) if ckpt else 1  # share of the run done now
-    return {**_throughput(train_ds, cfg, done, seconds, t, trainer.timings["eval_s"]),
+    steps_now = result.global_step - (_step(ckpt) if ckpt else 0)  # this session's steps
+    return {**_throughput(train_ds, per_epoch, steps_now, seconds, t, trainer.timings["eval_s"]),
             "steps": result.global_step, "resumed_from": _step(ckpt) if ckpt else None,
             "final_train_loss": history.train[-1][1] if history.train else result.training_loss,
             "final_eval_loss": final.get("eval_loss"), "final_eval_perplexity": final.get("eval_perplexity"),
             "final_eval_token_accuracy": final.get("eval_token_accuracy"), "best_step": best.step if best else None,
-            "batch_size": cfg.batch_size, "epochs": cfg.epochs,
+            "batch_size": cfg.batch_size, "epochs": planned, "planned_steps": math.ceil(planned * per_epoch),
+            "extended": bool(gate and gate.extended),
             "attention": attention, "bf16_weights": bf16, "run_id": run_id,
             "checkpoint_bytes_freed": freed, "history": history}
 

@@ -178,3 +178,32 @@ def test_a_bad_replay_file_stops_before_anything_is_written(tiny_dir, tmp_path, 
                   "--replay", tmp_path / "bad.txt")
     assert res.returncode == 2 and why in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr[-2000:]
     assert not (tmp_path / "out").exists()
+
+
+def _valid_losses(out: Path) -> dict:
+    "Step -> validation loss, from a run's step log."
+    import csv
+    rows = csv.DictReader((out / "training_log.csv").open())
+    return {int(r["step"]): float(r["valid_loss"]) for r in rows if r["valid_loss"]}
+
+
+def test_a_run_goes_on_past_its_planned_passes_only_while_the_validation_loss_falls(tiny_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("GPT_FINETUNE_CACHE", str(tmp_path / "cache"))
+    data = tmp_path / "my.json"
+    data.write_text(json.dumps(_pairs(80)))
+    runs = {}
+    for extend in ("1", "0"):
+        out = tmp_path / f"out{extend}"
+        res = run_cli("run", "--data", data, "--model", tiny_dir, "--output-dir", out, "--epochs", 2, "--eval-every", 2,
+                      "--learning-rate", 3e-3, "--max-new-tokens", 4, "--probe", "none", "--extend-epochs", extend)
+        assert res.returncode == 0, res.stderr[-3000:]
+        runs[extend] = (json.loads((out / "metrics.json").read_text())["train"], _valid_losses(out), res.stdout)
+    (on, on_valid, on_out), (off, off_valid, off_out) = runs["1"], runs["0"]
+    planned = off["planned_steps"]
+    assert on["planned_steps"] == planned and off["steps"] == planned and not off["extended"]
+    # the planned passes are the same run with or without the extension: same schedule, same losses
+    assert all(abs(on_valid[s] - off_valid[s]) < 1e-6 for s in off_valid if s <= planned)
+    still_falling = on_valid[planned] == min(l for s, l in on_valid.items() if s <= planned)
+    assert on["extended"] == still_falling and (on["steps"] > planned) == still_falling
+    assert on["steps"] <= planned * 3 // 2  # one more pass at most
+    assert ("training went on" in on_out) == still_falling and "training went on" not in off_out

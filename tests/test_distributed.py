@@ -73,7 +73,9 @@ def test_cli_under_torchrun_writes_once_from_rank_0(tmp_path):
     assert sum(l.startswith("time: base evaluation") for l in lines) == 1  # ... which alone evaluated the base model
     m = json.loads((out / "metrics.json").read_text())
     rows = m["data"]["kept"]["train"] + m["data"]["replay"]["rows"]  # the user's rows and the replayed ones
-    assert m["train"]["steps"] == 2 * -(-rows // 8)  # global batch 2 x 4
+    assert m["train"]["planned_steps"] == 2 * -(-rows // 8)  # global batch 2 x 4
+    # both processes take the extension's decision from the same reduced validation loss, or one waits forever
+    assert m["train"]["steps"] == m["train"]["planned_steps"] * (3 if m["train"]["extended"] else 2) // 2
     assert m["finetuned"]["eval_loss"] < m["base"]["eval_loss"]
     assert len((out / "answers.jsonl").read_text().splitlines()) == m["data"]["kept"]["test"]
     assert (out / "model" / "model.safetensors").exists() and (out / "loss.png").exists()

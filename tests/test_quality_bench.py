@@ -65,3 +65,12 @@ def test_a_probe_file_is_reused_unless_the_model_is_new(quality, tmp_path, monke
     out.write_text(json.dumps({"result": {}, "base_right": [True]}))  # an older file without per-question answers
     quality.probe_rights(tmp_path, tmp_path / "model", out)
     assert len(made) == 3
+
+
+def test_trl_training_seconds_are_read_from_its_own_log(quality, tmp_path):
+    # the Trainer's own figure: not the wall time of a process that may have ended long before anyone asked
+    (tmp_path / "trl.log").write_text("no run\n")
+    assert quality.trl_train_seconds(tmp_path) is None
+    (tmp_path / "trl.log").write_text("{'loss': '1.6', 'epoch': '1.1'}\n{'train_runtime': '91.78', 'epoch': '3'}\n"
+                                      "{'train_runtime': '12.5', 'epoch': '3'}\n")
+    assert quality.trl_train_seconds(tmp_path) == 12.5  # the last run in the log
