@@ -15,7 +15,7 @@ from train_speed import matmul_peak  # one definition of the peak measurement
 ROOT = Path(__file__).resolve().parent.parent
 ASSET = ROOT / "gpt_finetune" / "assets" / "main_job.json"
 TRAIN_KEYS = ("steps", "planned_steps", "extended", "train_tokens", "answer_tokens", "tokens_per_s",
-              "answer_tokens_per_s", "best_step",
+              "answer_tokens_per_s", "best_step", "blend", "trained_eval_loss",
               "bf16_weights", "attention", "final_eval_loss")
 
 

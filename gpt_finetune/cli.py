@@ -387,6 +387,10 @@ def _run(cfg: RunConfig) -> int:
     if t.get("extended"):
         print(f"the validation loss was still falling at step {t['planned_steps']}, the planned last: training went on "
               f"to step {t['steps']} (--extend-epochs)")
+    if t.get("blend", 1) < 1:
+        loss = t.get("trained_eval_loss") is not None and t.get("final_eval_loss") is not None
+        print(f"saved weights: {t['blend']:.0%} of the way from the base model to the trained ones (--blend)"
+              + (f"; validation loss {t['final_eval_loss']:.3f} (as trained: {t['trained_eval_loss']:.3f})" * loss))
     print(f"time: base evaluation {clock['base_evaluation_s']:.0f} s"
           + (" (cached answers)" if clock["base_reused"] else "")
           + (f", replay {clock['replay_s']:.0f} s" if "replay_s" in clock else "")

@@ -128,6 +128,9 @@ class TrainConfig(Checked):
     extend_epochs: float = option(1.0, "more passes, up to this many, when the validation loss is still falling at "
                                   "the end of --epochs: a second cosine from the peak learning rate, early "
                                   "stopping guarding (0: never)", at_least=0, at_most=10_000)
+    blend: float = option(0.85, "share of the training's change the saved weights keep: start + BLEND x (trained - "
+                          "start), a blend with the weights training started from that forgets less of what the "
+                          "model knew (1: the weights as trained)", above=0, at_most=1)
     learning_rate: float = option(7e-5, "peak learning rate; full fine-tuning of a ~100M model likes 2e-5..1e-4",
                                   above=0, at_most=1)
     batch_size: int = option(8, "examples per batch, packed into one row (0: as many as memory allows, up to 16)",

@@ -23,7 +23,7 @@ from .options import TrainConfig
 from .speed import Bf16AdamW, fit_plan, tune_malloc
 
 # %% auto #0
-__all__ = ['MAX_EPOCHS', 'EXTEND_PEAK', 'RUN_ID_FILE', 'answer_logits', 'answer_loss_sum', 'AnswerLossTrainer', 'training_args', 'steps_per_epoch', 'planned_epochs', 'extended_schedule', 'ExtendWhileImproving', 'finetune', 'fused_cross_entropy', 'packed_sdpa', 'packed_attention', 'packed_rows', 'CheckpointError', 'NonFiniteLoss', 'finite_weights', 'find_checkpoint', 'check_fits', 'NoFinalCheckpoint', 'fsdp_on_cpu', 'unshard_model']
+__all__ = ['MAX_EPOCHS', 'EXTEND_PEAK', 'RUN_ID_FILE', 'answer_logits', 'answer_loss_sum', 'AnswerLossTrainer', 'training_args', 'steps_per_epoch', 'planned_epochs', 'extended_schedule', 'ExtendWhileImproving', 'starting_weights', 'blend_weights', 'finetune', 'fused_cross_entropy', 'packed_sdpa', 'packed_attention', 'packed_rows', 'CheckpointError', 'NonFiniteLoss', 'finite_weights', 'find_checkpoint', 'check_fits', 'NoFinalCheckpoint', 'fsdp_on_cpu', 'unshard_model']
 
 # %% ../nbs/02_train.ipynb #8ecd4354
 def answer_logits(model, # a causal LM
@@ -255,11 +255,10 @@ def _callbacks(cfg: TrainConfig, best: BestWeights | None, callbacks: list | Non
                      *([] if cfg.keep_checkpoints else [NoFinalCheckpoint()]), *(callbacks or [])]
 
 def _extension(cfg: TrainConfig, best: BestWeights | None, # None: no early stopping, so no extension either
-               per_epoch: int) -> tuple[TrainConfig, ExtendWhileImproving | None]:
+               planned_steps: int) -> tuple[TrainConfig, ExtendWhileImproving | None]:
     "`cfg` with room for `extend_epochs` more passes, and the callback that decides on them."
     if best is None or not cfg.extend_epochs: return cfg, None
-    gate = ExtendWhileImproving(best, math.ceil(cfg.epochs * per_epoch))  # the Trainer rounds its steps up too
-    return replace(cfg, epochs=cfg.epochs + cfg.extend_epochs), gate
+    return replace(cfg, epochs=cfg.epochs + cfg.extend_epochs), ExtendWhileImproving(best, planned_steps)
 
 # %% ../nbs/02_train.ipynb #3c77421c
 def _make_trainer(model, args, train_ds, valid_ds, cfg: TrainConfig, bf16: bool, cbs: list, run_id: str,
@@ -301,6 +300,35 @@ def _throughput(train_ds, per_epoch: int, steps: int, seconds: float, t: dict, e
             "checkpoint_s": round(t["checkpoint_s"], 2), "train_tokens": tokens, "answer_tokens": answer,
             "tokens_per_s": round(tokens / train_s, 1), "answer_tokens_per_s": round(answer / train_s, 1)}
 
+# %% ../nbs/02_train.ipynb #2ab98729
+def starting_weights(model) -> dict:
+    "A CPU copy of the weights training will change (the trainable ones), to blend back toward at the end."
+    return {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
+
+def blend_weights(model, # the trained model, changed in place
+                  start: dict, # `starting_weights` taken before training
+                  share: float, # how far along from the start to the trained weights: 1 keeps them as trained
+                 ) -> bool:
+    "Put `start + share × (trained − start)` into `model`; LoRA's `A` stays, so an adapter's `B·A` scales by `share`."
+    if share == 1: return False
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for n, w in start.items():
+            if ".lora_A." in n or ".lora_embedding_A." in n: continue  # B starts at 0: B·A scales with B alone
+            p = params[n]
+            p.copy_(w.to(p.device, p.dtype) + share * (p - w.to(p.device, p.dtype)))
+    return True
+
+def _blended_metrics(trainer, model, start: dict, share: float, valid_ds) -> dict:
+    "Blend `model` toward its starting weights and evaluate the result; {} without validation data."
+    blend_weights(model, start, share)
+    if valid_ds is None: return {}
+    handler = trainer.callback_handler  # after the training's clock: not in its runtime_s or eval_s
+    shown = handler.callbacks  # without the progress bars: only `evaluate` would close this pass's bar
+    handler.callbacks = [cb for cb in shown if not hasattr(cb, "prediction_bar")]
+    try: return trainer.evaluation_loop(trainer.get_eval_dataloader(), "Blended", prediction_loss_only=True).metrics
+    finally: handler.callbacks = shown
+
 # %% ../nbs/02_train.ipynb #7bddb232
 def finetune(model, # a causal LM, trained in place (full weights, or LoRA adapters added by `add_lora`)
              tokenizer, # its tokenizer
@@ -321,20 +349,23 @@ def finetune(model, # a causal LM, trained in place (full weights, or LoRA adapt
     if device == "cpu": tune_malloc()  # reuse activation buffers instead of faulting in fresh pages every step
     prec = best_precision(device) if cfg.precision == "auto" else cfg.precision
     bf16 = _bf16_weights(cfg, model, device, prec)
+    start_w = starting_weights(model) if cfg.blend < 1 else None  # before any weight turns bf16 or is trained
     best = BestWeights(cfg.early_stopping) if valid_ds is not None and cfg.eval_every and cfg.early_stopping else None
     per_epoch, planned = steps_per_epoch(len(train_ds), cfg, processes), cfg.epochs
-    cfg, gate = _extension(cfg, best, per_epoch)
+    planned_steps = math.ceil(planned * per_epoch)  # the Trainer rounds its steps up too
+    cfg, gate = _extension(cfg, best, planned_steps)
     args = training_args(cfg, valid_ds is not None, autocast=not bf16)  # checks the tracker before anything is written
     ckpt, run_id = _start_run(cfg, model, cfg.resume if resume is None else resume)
     out, (history, cbs) = Path(cfg.output_dir), _callbacks(cfg, best, [*([gate] if gate else []), *(callbacks or [])])
-    trainer, opt = _make_trainer(model, args, train_ds, valid_ds, cfg, bf16, cbs, run_id,
-                                 gate.planned_steps if gate else None)
+    trainer, opt = _make_trainer(model, args, train_ds, valid_ds, cfg, bf16, cbs, run_id, gate and planned_steps)
     start = time.perf_counter()
     result, attention = _train(trainer, model, device, ckpt, opt, cfg)
     seconds, t = time.perf_counter() - start, dict(trainer.timings)
     if ckpt: _restore_history(history, trainer.state.log_history, _step(ckpt))
     final = _final_metrics(trainer, best, valid_ds, result.global_step)
     if trainer.is_fsdp_enabled: unshard_model(model)  # every process gets the full weights back, to evaluate and save
+    trained_loss = final.get("eval_loss")
+    if start_w is not None: final = _blended_metrics(trainer, model, start_w, cfg.blend, valid_ds)
     remove = not cfg.keep_checkpoints if remove_checkpoints is None else remove_checkpoints
     freed = _remove_checkpoints(out, run_id) if remove and trainer.is_world_process_zero() else 0
     steps_now = result.global_step - (_step(ckpt) if ckpt else 0)  # this session's steps
@@ -343,8 +374,8 @@ def finetune(model, # a causal LM, trained in place (full weights, or LoRA adapt
             "final_train_loss": history.train[-1][1] if history.train else result.training_loss,
             "final_eval_loss": final.get("eval_loss"), "final_eval_perplexity": final.get("eval_perplexity"),
             "final_eval_token_accuracy": final.get("eval_token_accuracy"), "best_step": best.step if best else None,
-            "batch_size": cfg.batch_size, "epochs": planned, "planned_steps": math.ceil(planned * per_epoch),
-            "extended": bool(gate and gate.extended),
+            "batch_size": cfg.batch_size, "epochs": planned, "planned_steps": planned_steps,
+            "extended": bool(gate and gate.extended), "blend": cfg.blend, "trained_eval_loss": trained_loss,
             "attention": attention, "bf16_weights": bf16, "run_id": run_id,
             "checkpoint_bytes_freed": freed, "history": history}
 

@@ -207,3 +207,27 @@ def test_a_run_goes_on_past_its_planned_passes_only_while_the_validation_loss_fa
     assert on["extended"] == still_falling and (on["steps"] > planned) == still_falling
     assert on["steps"] <= planned * 3 // 2  # one more pass at most
     assert ("training went on" in on_out) == still_falling and "training went on" not in off_out
+
+
+def test_the_saved_weights_are_blended_toward_the_starting_model(tiny_dir, tmp_path, monkeypatch):
+    import torch
+    from safetensors.torch import load_file
+    monkeypatch.setenv("GPT_FINETUNE_CACHE", str(tmp_path / "cache"))
+    data = tmp_path / "my.json"
+    data.write_text(json.dumps(_pairs(40)))
+    runs = {}
+    for share in ("1", "0.5"):
+        out = tmp_path / f"out{share}"
+        res = run_cli("run", "--data", data, "--model", tiny_dir, "--output-dir", out, "--epochs", 1, "--eval-every", 2,
+                      "--learning-rate", 3e-3, "--max-new-tokens", 4, "--probe", "none", "--blend", share)
+        assert res.returncode == 0, res.stderr[-3000:]
+        runs[share] = (json.loads((out / "metrics.json").read_text())["train"],
+                       load_file(out / "model" / "model.safetensors"), res.stdout)
+    (full, trained, full_out), (half, blended, half_out) = runs["1"], runs["0.5"]
+    start = load_file(Path(tiny_dir) / "model.safetensors")
+    assert full["trained_eval_loss"] == pytest.approx(half["trained_eval_loss"])  # the same training
+    assert full["final_eval_loss"] == full["trained_eval_loss"] and half["blend"] == 0.5
+    assert half["final_eval_loss"] != pytest.approx(half["trained_eval_loss"])  # the blended weights' own loss
+    for k in start:  # every saved weight halfway between the starting model's and the trained one's
+        torch.testing.assert_close(blended[k], start[k] + 0.5 * (trained[k] - start[k]), rtol=0, atol=1e-6, msg=k)
+    assert "saved weights: 50% of the way from the base model" in half_out and "saved weights" not in full_out

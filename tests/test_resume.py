@@ -1,7 +1,8 @@
 """Kill a real training process with SIGKILL after a checkpoint, resume it, and get the uninterrupted run's model;
 resuming from nothing, a corrupt checkpoint, another model's or another run's checkpoint is a one-line error that
-writes nothing. Early stopping keeps the best weights in memory (no checkpoint per evaluation), and a successful
-run deletes its checkpoints unless asked to keep them."""
+writes nothing. Early stopping keeps the best weights in memory (no checkpoint per evaluation), the run blends them
+toward the starting weights and reports the blended weights' own validation loss, and a successful run deletes its
+checkpoints unless asked to keep them."""
 import json, shutil, signal, subprocess, sys, time
 from pathlib import Path
 
@@ -164,8 +165,22 @@ class _Saves(TrainerCallback):
     "Counts checkpoint saves and keeps a copy of the weights after every evaluation."
     def __init__(self): self.saves, self.weights = 0, {}
     def on_save(self, args, state, control, **kw): self.saves += 1
+    def on_train_begin(self, args, state, control, model=None, **kw):
+        self.weights[0] = {n: p.detach().clone() for n, p in model.named_parameters()}
     def on_evaluate(self, args, state, control, model=None, **kw):
         self.weights[state.global_step] = {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def _valid_loss(model, valid) -> float:
+    "The answer-token loss of `model` on `valid`, computed without the Trainer."
+    from gpt_finetune.data import PackedCollator
+    from gpt_finetune.train import answer_loss_sum
+    total, n = 0.0, 0
+    with torch.no_grad():
+        for i in range(0, len(valid), 4):
+            s, k, _ = answer_loss_sum(model, PackedCollator()([valid[j] for j in range(i, min(i + 4, len(valid)))]))
+            total, n = total + s.item(), n + k
+    return total / n
 
 
 def test_early_stopping_keeps_best_weights_in_memory(tiny_data, tmp_path):
@@ -176,8 +191,12 @@ def test_early_stopping_keeps_best_weights_in_memory(tiny_data, tmp_path):
     losses = dict(stats["history"].valid)
     assert seen.saves == 0 and not list(tmp_path.glob("checkpoint-*"))  # no checkpoint per evaluation
     assert stats["steps"] < 30 * 4 and stats["best_step"] == min(losses, key=losses.get) < stats["steps"]
-    assert stats["final_eval_loss"] == pytest.approx(min(losses.values()))
-    for n, p in model.named_parameters(): assert torch.equal(p, seen.weights[stats["best_step"]][n]), n  # best put back
+    assert stats["trained_eval_loss"] == pytest.approx(min(losses.values()))
+    best, start = seen.weights[stats["best_step"]], seen.weights[0]
+    for n, p in model.named_parameters():  # the best put back, then blended toward the start (`blend`, 0.85)
+        torch.testing.assert_close(p, start[n] + 0.85 * (best[n] - start[n]), rtol=0, atol=1e-6, msg=n)
+    assert stats["blend"] == 0.85 and stats["final_eval_loss"] == pytest.approx(_valid_loss(model, valid), rel=1e-4)
+    assert stats["final_eval_loss"] != pytest.approx(stats["trained_eval_loss"])  # the blended weights' own loss
     assert stats["eval_s"] > 0 and stats["checkpoint_s"] == 0 and stats["train_s"] > 0
     assert stats["train_s"] + stats["eval_s"] <= stats["runtime_s"] + 0.5
 

@@ -35,7 +35,7 @@ def test_training_log_csv_and_tensorboard_events(data, tmp_path):
     train = {int(r["step"]): float(r["train_loss"]) for r in rows if r["train_loss"]}
     valid = {int(r["step"]): float(r["valid_loss"]) for r in rows if r["valid_loss"]}
     assert sorted(train) == list(range(2, 13, 2)) and sorted(valid) == [3, 6, 9, 12]
-    assert train == dict(stats["history"].train) and valid[12] == pytest.approx(stats["final_eval_loss"])
+    assert train == dict(stats["history"].train) and valid[12] == pytest.approx(stats["trained_eval_loss"])
     assert (all(r["learning_rate"] for r in rows if r["train_loss"])
             and all(r["token_accuracy"] for r in rows if r["valid_loss"]))
     events = list((tmp_path / "runs").rglob("events.out.tfevents.*"))

@@ -65,6 +65,8 @@ def main():
     cfg = TrainConfig(output_dir=str(out / "checkpoints"), epochs=a.epochs, batch_size=a.batch_size, learning_rate=3e-3,
                       eval_every=0, log_every=1, precision="fp32", save_every=a.save_every, save_limit=3, seed=7,
                       keep_checkpoints=a.keep_checkpoints, **({"fsdp": True} if a.fsdp else {}))
+    if rank == 0:  # the weights the run blends back toward at its end (`blend`)
+        out.mkdir(parents=True, exist_ok=True); torch.save(model.state_dict(), out / "start.pt")
     log = StepLog(model, ds, out / f"steps-rank{rank}.jsonl", a.sleep)
     stats = finetune(model, tok, ds, None, cfg, callbacks=[log, ShardProbe(out / f"shards-rank{rank}.json")],
                      resume=a.resume)
