@@ -45,7 +45,8 @@ def main(argv=None):
     metrics = json.loads((work / "run" / "metrics.json").read_text())
     probe = {k: v for k, v in metrics["probe"].items() if k != "broken"}
     out = {"own_answers": n, "recipe": "gpt-finetune run on its defaults, --replay none",
-           "steps": metrics["train"]["steps"], "epochs": metrics["train"]["epochs"], "probe": probe,
+           **{k: metrics["train"][k] for k in ("steps", "planned_steps", "extended", "epochs", "blend")},
+           "probe": probe,
            "broken": [{k: b[k] for k in ("input", "base", "finetuned")} for b in metrics["probe"]["broken"]]}
     RESULT.write_text(json.dumps(out, indent=1, ensure_ascii=False) + "\n")
     print(f"{n} own answers, {out['steps']} steps: kept {probe['kept']} of {probe['base_right']} "

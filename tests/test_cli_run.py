@@ -114,10 +114,6 @@ def test_run_replays_the_base_models_own_answers(tiny_dir, tmp_path, monkeypatch
     # each of the two answers either trains, or is left out as cut short or empty
     assert replay["rows"] + replay["cut_short"] + replay["empty"] == 2
     assert f"replay: {replay['rows']} of the base model's own answers" in res.stdout  # what was left out is said
-    res = run_cli("run", *common, "--output-dir", tmp_path / "off", "--replay", "none")
-    assert res.returncode == 0, res.stderr[-3000:]
-    off = json.loads((tmp_path / "off" / "metrics.json").read_text())
-    assert off["data"]["replay"] is None and "replay:" not in res.stdout
     again = run_cli("run", *common, "--output-dir", tmp_path / "again", "--replay", prompts)
     assert again.returncode == 0
     assert json.loads((tmp_path / "again" / "metrics.json").read_text())["data"]["replay"] == replay
@@ -135,7 +131,7 @@ def _given_replay(answers, prompt_lines: str, llama_dir, tmp_path, monkeypatch) 
             "--probe", "none", "--no-progress"], prompts
 
 
-def test_replayed_answers_that_ended_train_and_cut_ones_do_not(llama_dir, tmp_path, monkeypatch):
+def test_replayed_answers_that_ended_train_and_cut_ones_do_not(llama_dir, tmp_path, monkeypatch, capsys):
     # a tiny random model never ends an answer, so the base model's answers are given; the rest of the run is real
     from gpt_finetune.cli import main
     def answers(model, tokenizer, prompts, **options):
@@ -145,10 +141,13 @@ def test_replayed_answers_that_ended_train_and_cut_ones_do_not(llama_dir, tmp_pa
     common, prompts = _given_replay(answers, "Why is the sky blue?\nName the colours of a rainbow.\n", llama_dir,
                                     tmp_path, monkeypatch)
     assert main(["run", *common, "--output-dir", str(tmp_path / "on"), "--replay", str(prompts)]) == 0
+    assert "replay: 1 of the base model's own answers" in capsys.readouterr().out
     assert main(["run", *common, "--output-dir", str(tmp_path / "off"), "--replay", "none"]) == 0
+    assert "replay:" not in capsys.readouterr().out
     on, off = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("on", "off"))
     assert on["data"]["replay"] == {"prompts": 2, "unlike_your_data": 2, "rows": 1, "cut_short": 1, "empty": 0}
     assert on["train"]["train_tokens"] > off["train"]["train_tokens"]  # the answer that ended trained
+    assert off["data"]["replay"] is None
 
 
 def test_replay_answers_are_cached_per_length_limit(llama_dir, tmp_path, monkeypatch):
@@ -171,13 +170,29 @@ def test_replay_answers_are_cached_per_length_limit(llama_dir, tmp_path, monkeyp
 @pytest.mark.parametrize("content, why", [(b"fine\n\xff\xfe\n", "bad.txt:2: not UTF-8 text"),
                                           (b"fine\nnul \x00 here\n", "bad.txt:2: a NUL character"),
                                           (b"\n  \n", "bad.txt: no replay prompts")])
-def test_a_bad_replay_file_stops_before_anything_is_written(tiny_dir, tmp_path, content, why):
+def test_a_bad_replay_file_stops_before_anything_is_written(llama_dir, tmp_path, content, why):
     (tmp_path / "bad.txt").write_bytes(content)
     (tmp_path / "my.json").write_text(json.dumps(_pairs(10)))
-    res = run_cli("run", "--data", tmp_path / "my.json", "--model", tiny_dir, "--output-dir", tmp_path / "out",
+    res = run_cli("run", "--data", tmp_path / "my.json", "--model", llama_dir, "--output-dir", tmp_path / "out",
                   "--replay", tmp_path / "bad.txt")
     assert res.returncode == 2 and why in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr[-2000:]
     assert not (tmp_path / "out").exists()
+
+
+def _runs_differing_in_one_option(model_dir, tmp_path, monkeypatch, pairs: int, epochs: int, option: str, *values):
+    "For each value of `option`, a quick run on the same data: (output folder, metrics' `train`, stdout)."
+    monkeypatch.setenv("GPT_FINETUNE_CACHE", str(tmp_path / "cache"))
+    data = tmp_path / "my.json"
+    data.write_text(json.dumps(_pairs(pairs)))
+    runs = []
+    for value in values:
+        out = tmp_path / f"out{value}"
+        res = run_cli("run", "--data", data, "--model", model_dir, "--output-dir", out, "--epochs", epochs,
+                      "--eval-every", 2, "--learning-rate", 3e-3, "--max-new-tokens", 4, "--probe", "none",
+                      option, value)
+        assert res.returncode == 0, res.stderr[-3000:]
+        runs.append((out, json.loads((out / "metrics.json").read_text())["train"], res.stdout))
+    return runs
 
 
 def _valid_losses(out: Path) -> dict:
@@ -188,17 +203,9 @@ def _valid_losses(out: Path) -> dict:
 
 
 def test_a_run_goes_on_past_its_planned_passes_only_while_the_validation_loss_falls(tiny_dir, tmp_path, monkeypatch):
-    monkeypatch.setenv("GPT_FINETUNE_CACHE", str(tmp_path / "cache"))
-    data = tmp_path / "my.json"
-    data.write_text(json.dumps(_pairs(80)))
-    runs = {}
-    for extend in ("1", "0"):
-        out = tmp_path / f"out{extend}"
-        res = run_cli("run", "--data", data, "--model", tiny_dir, "--output-dir", out, "--epochs", 2, "--eval-every", 2,
-                      "--learning-rate", 3e-3, "--max-new-tokens", 4, "--probe", "none", "--extend-epochs", extend)
-        assert res.returncode == 0, res.stderr[-3000:]
-        runs[extend] = (json.loads((out / "metrics.json").read_text())["train"], _valid_losses(out), res.stdout)
-    (on, on_valid, on_out), (off, off_valid, off_out) = runs["1"], runs["0"]
+    runs = _runs_differing_in_one_option(tiny_dir, tmp_path, monkeypatch, 80, 2, "--extend-epochs", "1", "0")
+    (on, on_valid, on_out), (off, off_valid, off_out) = ((train, _valid_losses(out), stdout)
+                                                         for out, train, stdout in runs)
     planned = off["planned_steps"]
     assert on["planned_steps"] == planned and off["steps"] == planned and not off["extended"]
     # the planned passes are the same run with or without the extension: same schedule, same losses
@@ -212,18 +219,9 @@ def test_a_run_goes_on_past_its_planned_passes_only_while_the_validation_loss_fa
 def test_the_saved_weights_are_blended_toward_the_starting_model(tiny_dir, tmp_path, monkeypatch):
     import torch
     from safetensors.torch import load_file
-    monkeypatch.setenv("GPT_FINETUNE_CACHE", str(tmp_path / "cache"))
-    data = tmp_path / "my.json"
-    data.write_text(json.dumps(_pairs(40)))
-    runs = {}
-    for share in ("1", "0.5"):
-        out = tmp_path / f"out{share}"
-        res = run_cli("run", "--data", data, "--model", tiny_dir, "--output-dir", out, "--epochs", 1, "--eval-every", 2,
-                      "--learning-rate", 3e-3, "--max-new-tokens", 4, "--probe", "none", "--blend", share)
-        assert res.returncode == 0, res.stderr[-3000:]
-        runs[share] = (json.loads((out / "metrics.json").read_text())["train"],
-                       load_file(out / "model" / "model.safetensors"), res.stdout)
-    (full, trained, full_out), (half, blended, half_out) = runs["1"], runs["0.5"]
+    runs = _runs_differing_in_one_option(tiny_dir, tmp_path, monkeypatch, 40, 1, "--blend", "1", "0.5")
+    (full, trained, full_out), (half, blended, half_out) = (
+        (train, load_file(out / "model" / "model.safetensors"), stdout) for out, train, stdout in runs)
     start = load_file(Path(tiny_dir) / "model.safetensors")
     assert full["trained_eval_loss"] == pytest.approx(half["trained_eval_loss"])  # the same training
     assert full["final_eval_loss"] == full["trained_eval_loss"] and half["blend"] == 0.5
