@@ -54,6 +54,7 @@ def checkpoint(a):
 def _worker(a):
     "One process of the `processes` benchmark (under torchrun when 2): train `steps` steps, rank 0 prints JSON."
     from gpt_finetune.options import TrainConfig
+    from gpt_finetune.scale import leave_process_group
     from gpt_finetune.train import finetune
     model, tok, ds = _setup(a.model, 8 * a.steps)
     timer = Timer()
@@ -63,6 +64,7 @@ def _worker(a):
     if int(os.environ.get("RANK", 0)) == 0:
         print("RESULT " + json.dumps({"step_s": sum(timer.steps) / len(timer.steps),
                                       "tokens_per_step": sum(ds["length"]) / a.steps}))
+    leave_process_group()  # under torchrun: each process leaves the group before exiting, or one may abort
 
 
 def processes(a):

@@ -465,7 +465,7 @@ def run_job(cfg: RunConfig, # every option of the run
     from gpt_finetune.model import add_lora
     from gpt_finetune.curves import plot_losses
     from gpt_finetune.train import finetune
-    from gpt_finetune.scale import process_state
+    from gpt_finetune.scale import leave_process_group, process_state
     from gpt_finetune.evaluation import evaluate_model
     from gpt_finetune.compare import compare_models, overfitting_report
     from gpt_finetune.probe import compare_probe
@@ -489,6 +489,7 @@ def run_job(cfg: RunConfig, # every option of the run
         with timed(clock, "training_s"):  # the checkpoints stay until the model and its report are written
             stats = finetune(model, tokenizer, dss["train"], dss["validation"] if len(dss["validation"]) else None,
                              t, remove_checkpoints=False)
+        leave_process_group()  # no collective follows: each process leaves now, so none aborts at exit
         if not state.is_main_process: return {}
         clock.update(training_steps_s=stats.get("train_s"), training_evaluations_s=stats.get("eval_s"),
                      training_checkpoints_s=stats.get("checkpoint_s"))  # the trainer's own split of its time

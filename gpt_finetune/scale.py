@@ -16,8 +16,8 @@ from .options import SweepGrid, TrainConfig
 from .train import CheckpointError, check_fits, find_checkpoint, finetune
 
 # %% auto #0
-__all__ = ['ACCELERATE_CONFIGS', 'resume_point', 'process_state', 'accelerate_config', 'sweep_runs', 'run_name', 'sweep',
-           'plot_sweep', 'sweep_table', 'plot_scaling']
+__all__ = ['ACCELERATE_CONFIGS', 'resume_point', 'process_state', 'leave_process_group', 'accelerate_config', 'sweep_runs',
+           'run_name', 'sweep', 'plot_sweep', 'sweep_table', 'plot_scaling']
 
 # %% ../nbs/02b_scale.ipynb #b32b9dba
 def resume_point(output_dir: str | Path, # the run's checkpoint folder
@@ -36,6 +36,14 @@ def process_state(timeout_min: int = 120 # how long processes wait for each othe
     from accelerate import PartialState
     cpu = not torch.cuda.is_available() and not torch.backends.mps.is_available()
     return PartialState(cpu=cpu, timeout=timedelta(minutes=timeout_min))
+
+# %% ../nbs/02b_scale.ipynb #0682f09f
+def leave_process_group() -> bool:
+    "Destroy the process group `process_state` joined, if any, so its threads stop before Python does; True if left."
+    import torch.distributed as dist
+    if not (dist.is_available() and dist.is_initialized()): return False
+    dist.destroy_process_group()
+    return True
 
 # %% ../nbs/02b_scale.ipynb #01fdd87c
 # accelerate launch configurations by name (`accelerate_config` writes them): two CPU processes, FSDP, ZeRO-3

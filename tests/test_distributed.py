@@ -58,8 +58,19 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
     assert all(len(r0[s]) == len(r1[s]) == 4 and sorted(r0[s] + r1[s]) == sorted(single[s]) for s in single)
 
 
+# Loaded by every process through PYTHONPATH; its atexit hook, registered first, runs last: is the group still joined?
+EXIT_PROBE = """import atexit, os, sys
+def _joined_at_exit():
+    dist = sys.modules.get("torch.distributed")
+    where = os.path.join(os.environ["GF_EXIT_DIR"], "joined-at-exit-rank" + os.environ.get("RANK", "-launcher"))
+    with open(where, "w") as f: f.write(str(bool(dist and dist.is_available() and dist.is_initialized())))
+atexit.register(_joined_at_exit)
+"""
+
+
 def test_cli_under_torchrun_writes_once_from_rank_0(tmp_path):
     from gpt_finetune.model import tiny_model
+    site = tmp_path / "site"; site.mkdir(); (site / "sitecustomize.py").write_text(EXIT_PROBE)
     model, tok = tiny_model("llama")
     tiny_dir = tmp_path / "llama"; model.save_pretrained(tiny_dir); tok.save_pretrained(tiny_dir)
     data, out = tmp_path / "pairs.json", tmp_path / "out"
@@ -67,7 +78,11 @@ def test_cli_under_torchrun_writes_once_from_rank_0(tmp_path):
     res = _run([BIN / "torchrun", "--nproc_per_node", 2, "--master_port", _free_port(), "--no-python",
                 BIN / "gpt-finetune", "run", "--data", data, "--model", tiny_dir, "--output-dir", out, "--epochs", 2,
                 "--batch-size", 4, "--learning-rate", 3e-3, "--eval-every", 2, "--save-every", 4,
-                "--max-new-tokens", 4, "--precision", "fp32", "--keep-checkpoints"])
+                "--max-new-tokens", 4, "--precision", "fp32", "--keep-checkpoints"],
+               env={**ENV, "PYTHONPATH": str(site), "GF_EXIT_DIR": str(tmp_path)})
+    # every process left the process group before Python shut down (else gloo's threads may abort it at exit)
+    assert {p.name: p.read_text() for p in tmp_path.glob("joined-at-exit-rank[0-9]")} == {
+        "joined-at-exit-rank0": "False", "joined-at-exit-rank1": "False"}
     lines = res.stdout.splitlines()
     assert sum(l.startswith("disk: ") for l in lines) == 1  # one report, from rank 0 ...
     assert sum(l.startswith("time: base evaluation") for l in lines) == 1  # ... which alone evaluated the base model

@@ -14,6 +14,7 @@ from gpt_finetune.data import default_data_path, tokenize_records
 from gpt_finetune.formats import load_records
 from gpt_finetune.model import tiny_model
 from gpt_finetune.options import TrainConfig
+from gpt_finetune.scale import leave_process_group
 from gpt_finetune.train import finetune
 
 
@@ -75,6 +76,7 @@ def main():
         model.save_pretrained(out / "model")
         (out / "stats.json").write_text(json.dumps({"train": stats["history"].train, "steps": stats["steps"],
                                                     "resumed_from": stats["resumed_from"]}))
+    leave_process_group()  # under torchrun: every process leaves the group before exiting, or one may abort
 
 
 if __name__ == "__main__":
