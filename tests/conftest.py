@@ -67,6 +67,12 @@ def llama_dir(tmp_path_factory):
     return save_tiny(tmp_path_factory, "llama")
 
 
+@pytest.fixture(scope="session")
+def gpt2_dir(tmp_path_factory):
+    "A tiny random GPT-2 (tied output layer, Conv1D weights), saved as a Hugging Face folder."
+    return save_tiny(tmp_path_factory, "gpt2")
+
+
 def start_server(code: str, args: list, env: dict, timeout: float = 90):
     "Run `python -c code *args` as a server process and wait until its /health answers 200; returns (URL, process)."
     from gpt_finetune.serve import free_port

@@ -99,12 +99,13 @@ def test_quantize_is_refused_in_one_line_without_cuda(llama_dir, tmp_path, capsy
     assert len(lines) == 1 and "CUDA" in lines[0] and not (tmp_path / "out").exists(), lines
 
 
-def test_run_replays_the_base_models_own_answers(tiny_dir, tmp_path, monkeypatch):
+def test_run_replays_the_base_models_own_answers(llama_dir, tmp_path, monkeypatch):
+    "Replay is the same on every architecture (generation through the chat template, then rows): one is run."
     monkeypatch.setenv("GPT_FINETUNE_CACHE", str(tmp_path / "cache"))
     data, prompts = tmp_path / "my.json", tmp_path / "prompts.txt"
     data.write_text(json.dumps(_pairs(30)))
     prompts.write_text("What is 7 plus 7?\nWhy is the sky blue?\n\nName a colour.\nWhy is the sky blue?\n")
-    common = ("--data", data, "--model", tiny_dir, "--epochs", 1, "--max-new-tokens", 4, "--probe", "none")
+    common = ("--data", data, "--model", llama_dir, "--epochs", 1, "--max-new-tokens", 4, "--probe", "none")
     res = run_cli("run", *common, "--output-dir", tmp_path / "on", "--replay", prompts)
     assert res.returncode == 0, res.stderr[-3000:]
     on = json.loads((tmp_path / "on" / "metrics.json").read_text())
@@ -170,12 +171,14 @@ def test_replay_answers_are_cached_per_length_limit(llama_dir, tmp_path, monkeyp
 @pytest.mark.parametrize("content, why", [(b"fine\n\xff\xfe\n", "bad.txt:2: not UTF-8 text"),
                                           (b"fine\nnul \x00 here\n", "bad.txt:2: a NUL character"),
                                           (b"\n  \n", "bad.txt: no replay prompts")])
-def test_a_bad_replay_file_stops_before_anything_is_written(llama_dir, tmp_path, content, why):
+def test_a_bad_replay_file_stops_before_anything_is_written(llama_dir, tmp_path, capsys, content, why):
+    from gpt_finetune.cli import main  # in process: the file is refused before any model loads
     (tmp_path / "bad.txt").write_bytes(content)
     (tmp_path / "my.json").write_text(json.dumps(_pairs(10)))
-    res = run_cli("run", "--data", tmp_path / "my.json", "--model", llama_dir, "--output-dir", tmp_path / "out",
-                  "--replay", tmp_path / "bad.txt")
-    assert res.returncode == 2 and why in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr[-2000:]
+    code = main(["run", "--data", tmp_path / "my.json", "--model", llama_dir, "--output-dir", tmp_path / "out",
+                 "--replay", tmp_path / "bad.txt"])
+    err = capsys.readouterr().err
+    assert code == 2 and why in err and len(err.strip().splitlines()) == 1, err[-2000:]
     assert not (tmp_path / "out").exists()
 
 
@@ -202,8 +205,9 @@ def _valid_losses(out: Path) -> dict:
     return {int(r["step"]): float(r["valid_loss"]) for r in rows if r["valid_loss"]}
 
 
-def test_a_run_goes_on_past_its_planned_passes_only_while_the_validation_loss_falls(tiny_dir, tmp_path, monkeypatch):
-    runs = _runs_differing_in_one_option(tiny_dir, tmp_path, monkeypatch, 80, 2, "--extend-epochs", "1", "0")
+def test_a_run_goes_on_past_its_planned_passes_only_while_the_validation_loss_falls(llama_dir, tmp_path, monkeypatch):
+    "The step budget is the Trainer's, the same for every architecture: one is run."
+    runs = _runs_differing_in_one_option(llama_dir, tmp_path, monkeypatch, 80, 2, "--extend-epochs", "1", "0")
     (on, on_valid, on_out), (off, off_valid, off_out) = ((train, _valid_losses(out), stdout)
                                                          for out, train, stdout in runs)
     planned = off["planned_steps"]
@@ -216,13 +220,14 @@ def test_a_run_goes_on_past_its_planned_passes_only_while_the_validation_loss_fa
     assert ("training went on" in on_out) == still_falling and "training went on" not in off_out
 
 
-def test_the_saved_weights_are_blended_toward_the_starting_model(tiny_dir, tmp_path, monkeypatch):
+def test_the_saved_weights_are_blended_toward_the_starting_model(gpt2_dir, tmp_path, monkeypatch):
+    "On GPT-2, whose output layer is tied to its embeddings: a shared weight is blended once, not twice."
     import torch
     from safetensors.torch import load_file
-    runs = _runs_differing_in_one_option(tiny_dir, tmp_path, monkeypatch, 40, 1, "--blend", "1", "0.5")
+    runs = _runs_differing_in_one_option(gpt2_dir, tmp_path, monkeypatch, 40, 1, "--blend", "1", "0.5")
     (full, trained, full_out), (half, blended, half_out) = (
         (train, load_file(out / "model" / "model.safetensors"), stdout) for out, train, stdout in runs)
-    start = load_file(Path(tiny_dir) / "model.safetensors")
+    start = load_file(Path(gpt2_dir) / "model.safetensors")
     assert full["trained_eval_loss"] == pytest.approx(half["trained_eval_loss"])  # the same training
     assert full["final_eval_loss"] == full["trained_eval_loss"] and half["blend"] == 0.5
     assert half["final_eval_loss"] != pytest.approx(half["trained_eval_loss"])  # the blended weights' own loss
