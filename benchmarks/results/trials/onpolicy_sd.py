@@ -12,7 +12,6 @@ import argparse, json, math, random, time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from gpt_finetune.data import encode_prompts, render_chat, stop_token_ids
 from gpt_finetune.generation import left_pad
 from gpt_finetune.model import load_model

@@ -15,7 +15,9 @@ under another instruction).
 """
 import json, sys, time
 from collections import Counter
+from pathlib import Path
 from gpt_finetune.deploy import chat
+from gpt_finetune.job import write_jsonl
 from gpt_finetune.model import load_model
 from gpt_finetune.probe import probe_match, probe_words
 
@@ -37,10 +39,6 @@ def keeps_content(rewrite: str, question: str, reference: str) -> bool:
     if len(ref) <= 4: return probe_match(rewrite, [reference])
     overlap = sum((Counter(ref) & Counter(new)).values())
     return overlap >= 0.6 * len(ref)
-
-
-def write_jsonl(path: str, rows: list[dict]):
-    with open(path, "w", encoding="utf-8") as f: f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
 
 
 def write_companions(rows: list[dict], rewritten: list[dict], path: str):
@@ -69,4 +67,4 @@ def rewrite_file(src: str, dst: str, companions: str | None = None, batch: int =
 if __name__ == "__main__":
     stats = rewrite_file(*sys.argv[1:4])
     print(json.dumps(stats))
-    json.dump(stats, open(sys.argv[2] + ".stats.json", "w"))
+    Path(sys.argv[2] + ".stats.json").write_text(json.dumps(stats))

@@ -14,13 +14,19 @@ from trl.experimental.sdft import SDFTConfig, SDFTTrainer
 from gpt_finetune.model import best_device, load_model, quiet_progress_bars
 
 CONTEXT = "Example of a good answer: {a}\n\nNow give your own answer to the question."
+TEMPLATE = SDFTConfig.__dataclass_fields__["teacher_prompt_template"].default  # the trainer's own
+
+
+def teacher_prompt(r: dict) -> str:
+    return TEMPLATE.format(prompt=r["input"], privileged_context=CONTEXT.format(a=r["output"]))
+
 
 def teacher_answers(rows: list[dict], out: str):
     "The base model's greedy answers to the teacher's prompt, and how many are the reference word for word."
     from gpt_finetune.deploy import chat
     from gpt_finetune.metrics import normalize_answer
     model, tok = load_model()
-    convs = [[{"role": "user", "content": f"{r['input']}\n\n{CONTEXT.format(a=r['output'])}"}] for r in rows]
+    convs = [[{"role": "user", "content": teacher_prompt(r)}] for r in rows]
     answers = chat(model, tok, convs, max_new_tokens=64)
     same = sum(normalize_answer(a) == normalize_answer(r["output"]) for a, r in zip(answers, rows))
     result = {"records": len(rows), "teacher_answer_is_reference": same,
