@@ -16,7 +16,7 @@ from .metrics import METRICS
 from .curves import LossHistory
 
 # %% auto #0
-__all__ = ['VERDICT_COLOURS', 'BASE_COLOUR', 'PANELS', 'paired_bootstrap', 'mean_of', 'statistic', 'record_stats',
+__all__ = ['ROUNDING', 'VERDICT_COLOURS', 'BASE_COLOUR', 'PANELS', 'paired_bootstrap', 'mean_of', 'statistic', 'record_stats',
            'compare_models', 'metrics_table', 'plot_comparison', 'sample_table', 'samples_markdown',
            'overfitting_report', 'plot_overfitting', 'write_report']
 
@@ -77,9 +77,16 @@ def record_stats(key: str, # a metric of the registry, `METRICS`
     return np.array([[0.0, 0.0] if value(a) is None else [value(a), 1.0] for a in answers])
 
 # %% ../nbs/03a_compare.ipynb #70fde01b
-def _verdict(diff_ci: list[float], better: str | None) -> str:
+ROUNDING = 1e-4  # a share of the scores' size below which a difference is float32 rounding, not a change
+
+def _verdict(diff_ci: list[float], # the difference's interval, fine-tuned minus base
+             better: str | None, # "higher", "lower", or None when neither direction is an improvement
+             scale: float = 0.0, # the larger of the two scores' sizes: the margin is `ROUNDING` times it
+            ) -> str:
+    "better/worse (or higher/lower) when the interval excludes zero by more than rounding, else no clear difference."
     lo, hi = diff_ci
-    if not (lo > 0 or hi < 0): return "no clear difference"
+    margin = ROUNDING * scale if np.isfinite(scale) else 0.0
+    if not (lo > margin or hi < -margin): return "no clear difference"
     if better is None: return "higher" if lo > 0 else "lower"
     return "better" if (lo > 0) == (better == "higher") else "worse"
 
@@ -97,7 +104,8 @@ def compare_models(records: list[dict], # test records with reference answers
         row = paired_bootstrap(record_stats(key, records, base_answers), record_stats(key, records, tuned_answers),
                                statistic(key), n_resamples, seed)
         better = METRICS[key].better
-        out[key] = {**row, "better": better, "verdict": _verdict(row["diff_ci"], better)}
+        scale = max(abs(row["base"]), abs(row["finetuned"]))
+        out[key] = {**row, "better": better, "verdict": _verdict(row["diff_ci"], better, scale)}
     return out
 
 # %% ../nbs/03a_compare.ipynb #f64b74cb

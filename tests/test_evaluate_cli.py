@@ -5,6 +5,7 @@ import pytest
 
 from conftest import run_cli
 from gpt_finetune.cli import main
+from gpt_finetune.compare import ROUNDING
 from gpt_finetune.model import tiny_model
 
 QUIZ = [{"input": "What is 2 plus 2?", "output": "4", "accept": ["four", "It is 4."]},
@@ -35,9 +36,14 @@ def test_evaluate_against_baseline(tiny_dir, tmp_path, monkeypatch):
             assert key in m[side], (side, key)
         assert [(u["metric"], u["record"]) for u in m[side]["unscored"]] == [
             (k, "quiz.json:1 record 3") for k in ("exact_match", "token_f1", "rougeL")]
-    # the same model on both sides: every difference is zero, and so is its interval
+    # the same model on both sides: the same answers, so every text metric's difference is zero, and so is its
+    # interval; the loss of two loads of the same weights may differ by float32 rounding, never by more
     for key, row in m["comparison"].items():
-        assert row["diff"] == 0 and row["diff_ci"] == [0, 0] and row["verdict"] == "no clear difference", key
+        assert row["verdict"] == "no clear difference", key
+        if key in ("eval_loss", "perplexity"):
+            margin = ROUNDING * max(abs(row["base"]), abs(row["finetuned"]))
+            assert abs(row["diff"]) <= margin and all(abs(x) <= margin for x in row["diff_ci"]), (key, row)
+        else: assert row["diff"] == 0 and row["diff_ci"] == [0, 0], key
     answers = [json.loads(l) for l in (out / "answers.jsonl").read_text().splitlines()]
     assert (answers[0]["references"] == ["4", "four", "It is 4."]
             and answers[3]["finetuned_scores"]["exact_match"] is None)
