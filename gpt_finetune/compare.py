@@ -81,12 +81,11 @@ ROUNDING = 1e-4  # a share of the scores' size below which a difference is float
 
 def _verdict(diff_ci: list[float], # the difference's interval, fine-tuned minus base
              better: str | None, # "higher", "lower", or None when neither direction is an improvement
-             scale: float = 0.0, # the larger of the two scores' sizes: the margin is `ROUNDING` times it
+             scale: float = 0.0, # the larger finite score's size: the margin is `ROUNDING` times it
             ) -> str:
     "better/worse (or higher/lower) when the interval excludes zero by more than rounding, else no clear difference."
     lo, hi = diff_ci
-    margin = ROUNDING * scale if np.isfinite(scale) else 0.0
-    if not (lo > margin or hi < -margin): return "no clear difference"
+    if not (lo > ROUNDING * scale or hi < -ROUNDING * scale): return "no clear difference"
     if better is None: return "higher" if lo > 0 else "lower"
     return "better" if (lo > 0) == (better == "higher") else "worse"
 
@@ -104,7 +103,7 @@ def compare_models(records: list[dict], # test records with reference answers
         row = paired_bootstrap(record_stats(key, records, base_answers), record_stats(key, records, tuned_answers),
                                statistic(key), n_resamples, seed)
         better = METRICS[key].better
-        scale = max(abs(row["base"]), abs(row["finetuned"]))
+        scale = max((abs(v) for v in (row["base"], row["finetuned"]) if np.isfinite(v)), default=0.0)
         out[key] = {**row, "better": better, "verdict": _verdict(row["diff_ci"], better, scale)}
     return out
 
